@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from sqlalchemy import create_engine, text
 from lineside_inspect.errors import ConfigError
 from lineside_inspect.fleet.hub.dblock import HubDatabaseLock
 
-from .conftest import fresh_database
+from .conftest import fresh_database, keyed
 from .test_fleet_sync import ServedHub, hub_settings
 
 
@@ -103,3 +107,113 @@ def test_the_lock_is_per_schema_and_taken_again_after_its_connection_was_lost(
     finally:
         first.release()
         admin.dispose()
+
+
+def _lock_pids(admin: Any) -> list[int]:
+    with admin.connect() as c:
+        return list(c.scalars(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())")))
+
+
+def test_release_while_a_look_waits_on_a_frozen_database_ends_and_keeps_no_lock(
+        postgres: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 51: a database that holds the lock's connection open and answers nothing
+    (its backend sent SIGSTOP) held the watch's look in its ``SELECT 1``, and release (the
+    hub's shutdown) waited for it for good: closing the connection waited for the statement.
+    Release now waits ``release_wait_s`` and leaves the look to close it when it ends."""
+    url = fresh_database(postgres)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    lock = HubDatabaseLock(url, every_s=3600, release_wait_s=0.1).acquire()
+    [pid] = _lock_pids(admin)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        look = threading.Thread(target=lock.check, daemon=True)  # the watch's look
+        look.start()
+        assert lock._conn is not None
+        in_flight = lock._conn.connection.dbapi_connection.lock  # type: ignore[union-attr]
+        _wait(in_flight.locked, "the look's SELECT 1 on the frozen session")
+        releasing = threading.Thread(target=lock.release, daemon=True)
+        with caplog.at_level(logging.WARNING, "lineside.hub"):
+            releasing.start()
+            releasing.join(20)
+        assert not releasing.is_alive(), "release waited for the frozen database"
+        assert "did not answer the lock's look" in caplog.text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    look.join(20)
+    assert not look.is_alive() and not lock.held
+    # the look closed the session it held: the lock is free for the next hub
+    HubDatabaseLock(url).acquire().release()
+    admin.dispose()
+
+
+def test_a_lock_a_look_takes_after_release_began_is_not_kept(postgres: str) -> None:
+    """Session 51: the watch's look, taking the lock again on a new connection (its session
+    lost) while the hub stopped, kept what it took after release: a later hub on the
+    database was refused for as long as the process lived (a test's, or an app restarted
+    in-process). A look now keeps no lock once release began."""
+    url = fresh_database(postgres)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    lock = HubDatabaseLock(url, every_s=3600, release_wait_s=0.1).acquire()
+    [pid] = _lock_pids(admin)
+    postmaster = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    with admin.connect() as c:
+        c.execute(text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid})
+    _wait(lambda: not _lock_pids(admin), "the lock's session ended")
+    # new connections wait (the server accepts none): the look's new one is in flight
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        look = threading.Thread(target=lock.check, daemon=True)
+        look.start()
+        _wait(lambda: lock._conn is None, "the look dropping the lost connection")
+        lock.release()
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    look.join(20)
+    assert not look.is_alive() and not lock.held and lock._conn is None
+    assert not _lock_pids(admin)
+    HubDatabaseLock(url).acquire().release()  # was: "another hub is running"
+    admin.dispose()
+
+
+def test_the_start_line_shows_no_query_and_the_lock_keeps_its_idle_end(
+        tmp_path: Path, weed: Any, postgres: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Session 51: a DSN whose query set ``idle_session_timeout`` (or held a password:
+    libpq takes ``?password=``) was printed whole in the hub's "hub store at" start line
+    (and the box's "store at"). Now the line names scheme, host and database only; the lock's
+    session keeps its own idle end (the DSN's 1 s would end it between the watch's looks)."""
+    url = fresh_database(postgres)
+    shown = url.replace("postgres@", "")  # no user either, as before
+    dsn = f"{url}?options=-c%20idle_session_timeout%3D1s&password=s3cr3t-pw"
+    caplog.set_level(logging.INFO)
+    settings = hub_settings(tmp_path, weed.settings("fleet-one-hub"), database_url=dsn,
+                            data_dir=str(tmp_path / "hub"))
+    lock = HubDatabaseLock(dsn, every_s=3600).acquire()
+    try:
+        assert lock._conn is not None
+        assert lock._conn.execute(text("SHOW idle_session_timeout")).scalar() == "30s"
+    finally:
+        lock.release()
+    with ServedHub(settings):
+        pass
+    [line] = [r.getMessage() for r in caplog.records if "hub store at" in r.getMessage()]
+    assert line.startswith(f"hub store at {shown},"), line
+    assert "s3cr3t" not in caplog.text and "idle_session_timeout" not in caplog.text
+    caplog.clear()
+    from fastapi.testclient import TestClient
+
+    from lineside_inspect.server.app import create_app
+
+    with TestClient(create_app(keyed(database_url=dsn, data_dir=tmp_path / "box"))):
+        pass
+    [line] = [r.getMessage() for r in caplog.records if "store at" in r.getMessage()]
+    assert line.startswith(f"store at {shown}, box "), line
+    assert "s3cr3t" not in caplog.text
+
+
+def _wait(cond: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)

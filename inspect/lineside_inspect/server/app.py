@@ -42,6 +42,7 @@ from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
 from lineside_inspect.server.waiting import add_waiting_recipes, model_missing, waits_for
+from lineside_inspect.store.checks import database_address
 from lineside_inspect.version import __version__
 
 log = logging.getLogger("lineside")
@@ -141,7 +142,9 @@ def setup_store(app: FastAPI, settings: Settings) -> None:
                       max_age_days=settings.store_max_age_days, box_id=settings.box_id, lock=lock,
                       sync_interval_s=settings.store_sync_interval_s,
                       apply_interval_s=settings.store_apply_interval_s, guard_channel=guard)
-        log.info("store at %s, box %s: %s", store.url.split("@")[-1], store.box_id, store.cleanup())
+        # no user, password or query (a password, or the options, may sit there: session 51)
+        log.info("store at %s, box %s: %s", database_address(store.url)[0], store.box_id,
+                 store.cleanup())
         app.state.store = store
         app.state.service.store = store
 

@@ -444,7 +444,7 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     except ModuleNotFoundError as exc:  # a driver not installed (mysql://, oracle://)
         raise ConfigError(f"{named}: its driver {exc.name} is not installed (PostgreSQL "
                           "and SQLite are supported)") from None
-    where, secrets = _address(url)
+    where, secrets = database_address(url)
 
     def said(exc: DBAPIError) -> str:
         # each attempt's reason where psycopg tried several addresses (session 51)
@@ -483,7 +483,7 @@ def check_database(url: str, whose: str = "the database", named: str = "database
     check_postgres_store(found, whose, where, must_exist=must_exist)
 
 
-def _address(url: str) -> tuple[str, list[str]]:
+def database_address(url: str) -> tuple[str, list[str]]:
     """``url`` as shown (no user, password or query: a password may sit there), and the
     secrets a driver's message may quote, longest first. The host is the text after the
     last '@': a raw '@' in a password moved SQLAlchemy's parsed host into it (``u:pa@ss@h``

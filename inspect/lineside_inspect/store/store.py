@@ -91,9 +91,9 @@ from lineside_inspect.store.checks import (
     SCHEMA_TABLE,
     SCHEMA_VERSION,
     SQLITE_MAGIC,
-    _address,
     check_postgres_store,
     check_sqlite_store,
+    database_address,
     in_use,
     look_at_postgres,
 )
@@ -561,7 +561,7 @@ class Store:
         :meth:`_mark_schema` once its columns are added). A marked store costs two
         queries, no write. None: a store from before the mark its user may not mark
         (no CREATE on the schema), opened unmarked as before."""
-        where, whose = _address(self.url)[0], "the store's database"
+        where, whose = database_address(self.url)[0], "the store's database"
         with self.engine.connect() as conn:
             found = look_at_postgres(conn, whose, where)
         check_postgres_store(found, whose, where)

@@ -44,7 +44,7 @@ from lineside_inspect.server.routes import health
 from lineside_inspect.server.sessions import SessionStore
 from lineside_inspect.server.throttle import SignInThrottle
 from lineside_inspect.server.unexpected import CatchUnexpected
-from lineside_inspect.store.checks import check_data_dir, check_database
+from lineside_inspect.store.checks import check_data_dir, check_database, database_address
 from lineside_inspect.store.models import HUB_BOX_ID  # the hub store's own name
 from lineside_inspect.version import __version__
 
@@ -93,7 +93,8 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
                 store.close()
                 raise
         create_hub_tables(store.engine)
-        log.info("hub store at %s, objects in %s/%s", store.url.split("@")[-1],
+        # no user, password or query: a password (or options) may sit there (session 51)
+        log.info("hub store at %s, objects in %s/%s", database_address(store.url)[0],
                  hub.objects.endpoint, hub.objects.bucket)
         app.state.objects = objects
         app.state.store = store

@@ -16,6 +16,12 @@ PostgreSQL restart (or a DBA ending the session) drops it, so a thread looks eve
 ``every_s`` and takes it again on a new connection; if another hub took it meanwhile, an
 ERROR says so (once, until it is held again) (the hub goes on serving: stopping it would cost the
 boxes' forwarding more than a review sent late).
+
+:meth:`release` waits at most ``release_wait_s`` for a look in flight (a database that holds
+the connection open and answers nothing held the hub's shutdown for good: closing the
+connection waited for the statement); the watch then closes what it holds when its look
+ends, and once release began it keeps no lock it takes (session 51: one taken after
+release kept a later hub on the database out for as long as the process lived).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from lineside_inspect.errors import ConfigError
-from lineside_inspect.store.checks import _address
+from lineside_inspect.store.checks import database_address
 from lineside_inspect.store.engine import make_engine
 
 log = logging.getLogger("lineside.hub")
@@ -42,14 +48,16 @@ class HubDatabaseLock:
     """Held from :meth:`acquire` to :meth:`release`; SQLite URLs hold nothing here (a dev
     hub's database file is in its own data folder, or it is the operator's to keep)."""
 
-    def __init__(self, url: str, every_s: float = 5.0) -> None:
+    def __init__(self, url: str, every_s: float = 5.0, release_wait_s: float = 5.0) -> None:
         self.url = url
-        self.where = _address(url)[0]  # no user, password or query
+        self.where = database_address(url)[0]  # no user, password or query
         self.every_s = every_s
+        self.release_wait_s = release_wait_s
         self.held = False
         self._said: str | None = None  # the other hub's lock said for this schema
         self._conn: Connection | None = None
         self._stop = threading.Event()
+        self._looking = threading.Lock()  # held by a look (check) and by release's close
         self._thread: threading.Thread | None = None
         self._engine = make_engine(url) if url.startswith("postgresql") else None
 
@@ -94,7 +102,17 @@ class HubDatabaseLock:
         return self
 
     def check(self) -> None:
-        """One look: the session alive, or the lock taken again on a new one."""
+        """One look: the session alive, or the lock taken again on a new one; none once
+        :meth:`release` began, and what it holds then is closed when the look ends."""
+        with self._looking:
+            try:
+                if not self._stop.is_set():
+                    self._check()
+            finally:
+                if self._stop.is_set():  # a lock taken meanwhile is not kept
+                    self._close()
+
+    def _check(self) -> None:
         if self._conn is not None:
             try:
                 self._conn.execute(text("SELECT 1")).one()
@@ -133,14 +151,27 @@ class HubDatabaseLock:
             except Exception:  # never the end of the watch
                 log.exception("hub: looking at the hub's database lock failed")
 
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.every_s + 15)
+    def _close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(DBAPIError):
-                self._conn.close()  # back to the pool; dispose below ends the session
+                self._conn.invalidate()  # its session ends now, and the lock with it
+                self._conn.close()
             self._conn = None
+        self.held = False
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._looking.acquire(timeout=self.release_wait_s):
+            try:
+                self._close()
+            finally:
+                self._looking.release()
+            if self._thread is not None:
+                self._thread.join(timeout=self.release_wait_s)
+        else:  # the look in flight closes it when it ends (or the process's end does)
+            log.warning("hub: the hub's database %s did not answer the lock's look within "
+                        "%gs; its session ends when it does, or with this process",
+                        self.where, self.release_wait_s)
         if self._engine is not None:
             self._engine.dispose()
         self.held = False
