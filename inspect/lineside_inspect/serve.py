@@ -108,10 +108,15 @@ class SlowClientProtocol(_HTTPProtocol):
     def _refuse(self, status: bytes, code: str, message: str) -> None:
         """Answer ``status`` and close; behind an answer still being sent (a request
         pipelined after it) only close: the refusal would land inside that answer (a
-        400 in a camera's MJPEG stream; third review)."""
+        400 in a camera's MJPEG stream; third review). The send timer watches what is
+        left unsent: a refusal written onto an empty buffer whose socket was full (a
+        client that read nothing of its earlier answers) had none, and its connection,
+        closing but never closed and skipped by _make_room, was counted against
+        max_connections for good (attacker review, session 51)."""
         self._disarm()
         if not self._waiting_for_headers():
             self.transport.close()
+            self._watch_send()
             return
         body = json.dumps(error_body(code, message)).encode()
         head = [b"HTTP/1.1 %s\r\n" % status]
@@ -123,6 +128,7 @@ class SlowClientProtocol(_HTTPProtocol):
         self._wrote(len(answer))
         self.transport.write(answer)
         self.transport.close()
+        self._watch_send()
 
     def _too_large(self) -> None:
         self._refuse(b"431 Request Header Fields Too Large", "headers_too_large",

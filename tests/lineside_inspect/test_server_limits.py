@@ -496,6 +496,45 @@ def test_a_client_that_keeps_asking_but_never_reads_is_still_ended() -> None:
             silent.close()
 
 
+def test_a_refusal_its_client_never_reads_does_not_hold_a_connection() -> None:
+    """A 400 or 431 written onto an empty write buffer whose socket was already full (a
+    client that read nothing of its earlier answers) got no send timer: closing, never
+    closed, and skipped by the room maker, it was counted against max_connections for
+    good (attacker review, session 51). It is aborted after body_timeout_s unread."""
+    from fastapi import FastAPI
+    from uvicorn.server import ServerState
+
+    from lineside_inspect.serve import uvicorn_config
+
+    from .conftest import settings
+
+    config = uvicorn_config(FastAPI(), settings(body_timeout_s=0.3, header_timeout_s=30),
+                            log_level="warning")
+    config.load()
+
+    async def refused() -> bool:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()  # the peer never reads
+        with ours, peer:
+            ours.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                while True:  # the socket's buffers full, as a client's unread answers leave them
+                    ours.send(b"x" * 1024)
+            state = ServerState()
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: config.http_protocol_class(  # type: ignore[call-arg]
+                    config=config, server_state=state, app_state={}), ours)
+            peer.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            deadline = loop.time() + 10
+            while state.connections and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            ended = not state.connections
+            transport.abort()
+            return ended
+
+    assert asyncio.run(refused()), "the unread refusal held its connection"
+
+
 def test_a_pipelining_client_that_reads_gets_every_answer_whole() -> None:
     """A client that pipelines requests behind an answer still in the buffer and reads
     steadily is never judged slow by the count across answers (session 51)."""
