@@ -442,6 +442,16 @@ def test_an_answer_still_being_sent_is_not_ended_to_make_room() -> None:
     assert len(body) == length > 40_000  # all of it: not cut off
 
 
+def _await_unsent_answer(server: Any) -> float:
+    """Wait until an answer of ``server`` sits unsent (its client reads nothing); the
+    deadline (loop time) the test goes on with."""
+    deadline = time.monotonic() + 60
+    while not _unsent_answers(server):
+        assert time.monotonic() < deadline, "the answer was sent whole"
+        time.sleep(0.02)
+    return deadline
+
+
 def test_an_answer_its_client_never_reads_does_not_hold_a_connection() -> None:
     """An answer under the write buffer's high mark that its client never reads got no
     send timer: the connection (closed by its header timeout) stayed open, counted by
@@ -452,10 +462,7 @@ def test_an_answer_its_client_never_reads_does_not_hold_a_connection() -> None:
                               body_timeout_s=0.3) as (server, url):
         silent = _slow_reader(url)  # and reads nothing
         try:
-            deadline = time.monotonic() + 60
-            while not _unsent_answers(server):
-                assert time.monotonic() < deadline, "the answer was sent whole"
-                time.sleep(0.02)
+            deadline = _await_unsent_answer(server)
             while server.server_state.connections:
                 assert time.monotonic() < deadline, "the unread answer held its connection"
                 time.sleep(0.02)
@@ -476,10 +483,7 @@ def test_a_client_that_keeps_asking_but_never_reads_is_still_ended() -> None:
                               body_timeout_s=0.3) as (server, url):
         silent = _slow_reader(url)  # and reads nothing
         try:
-            deadline = time.monotonic() + 60
-            while not _unsent_answers(server):
-                assert time.monotonic() < deadline, "the answer was sent whole"
-                time.sleep(0.02)
+            deadline = _await_unsent_answer(server)
             (conn,) = server.server_state.connections
             checks = 0
             while server.server_state.connections and checks < 6:
