@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ try:  # httptools (C) parses HTTP/1.1 several times faster than h11 (pure Python
 except ImportError:  # pragma: no cover - httptools is an edge dependency
     from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTPProtocol  # type: ignore[assignment]
 
+from uvicorn.protocols.http.flow_control import service_unavailable as _uvicorn_busy
+
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import ConfigError, PackageError, error_body
@@ -30,12 +33,28 @@ from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
 
 log = logging.getLogger("lineside")
+_WAITING = itertools.count(1)  # (SlowClientProtocol._waiting_since)
 
 
 def _unsent(connection: Any) -> int:
     """Bytes of a connection's answers still in its transport (0 once it is gone)."""
     transport = connection.transport
     return 0 if transport is None else int(transport.get_write_buffer_size())
+
+
+
+
+async def _busy(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's answer at max_connections (requests running fill it), in the API's one
+    error shape: it was ``Service Unavailable`` as plain text, which a line client parsing
+    ``{"error": ...}`` could not read (attacker review, session 51)."""
+    body = json.dumps(error_body(
+        "overloaded", "the server is at max_connections with requests running: retry "
+        "shortly")).encode()
+    await send({"type": "http.response.start", "status": 503, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+        (b"retry-after", b"1"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class _CountedWrites:
@@ -84,9 +103,11 @@ class SlowClientProtocol(_HTTPProtocol):
     # is closed, as a request behind a running answer cannot be answered with a 4xx
     max_pipelined = 8
     _pipelined_too_deep = False
-    # when a request waits for its headers or the next one (loop time): at
-    # max_connections, the connections that waited longest make room for new ones (below)
-    _waiting_since = 0.0
+    # when a request began to wait for its headers or the next one, as an order (next of
+    # _WAITING): at max_connections, the connections that waited longest make room for new
+    # ones (below). Not the loop's time: its clock ticks in milliseconds on some hosts, and
+    # connections of one tick were taken in the set's order, not their own
+    _waiting_since = 0
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
@@ -191,7 +212,7 @@ class SlowClientProtocol(_HTTPProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._waiting_since = asyncio.get_running_loop().time()
+        self._waiting_since = next(_WAITING)
         if self.limit_concurrency is not None:
             # (every other one with a request running: this one stays, and its request is
             # answered 503 as before; the next connection to come closes it if it is still
@@ -199,8 +220,12 @@ class SlowClientProtocol(_HTTPProtocol):
             self._make_room(self.limit_concurrency)
         self._arm()
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        # (httptools' protocol: every request, pipelined ones too, starts here)
+        super()._start_asgi_task(cycle, _busy if app is _uvicorn_busy else app)  # type: ignore[misc]
+
     def on_response_complete(self) -> None:
-        self._waiting_since = asyncio.get_running_loop().time()
+        self._waiting_since = next(_WAITING)
         super().on_response_complete()
         self._watch_send()
 

@@ -361,7 +361,10 @@ def test_connections_are_capped(launch) -> None:
             s.close()
     # three requests running: no room for a fourth request
     with _held_uploads(srv, 3), httpx.Client(base_url=srv.url, timeout=30) as c:
-        assert c.get("/healthz").status_code == 503
+        busy = c.get("/healthz")
+        # in the API's one error shape (uvicorn's own was "Service Unavailable" as text)
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "overloaded", busy.text
     with httpx.Client(base_url=srv.url, timeout=30) as c:  # and it serves again after
         assert c.get("/healthz").status_code == 200
 
