@@ -244,9 +244,9 @@ class SlowClientProtocol(_HTTPProtocol):
         return (self._waiting_for_headers() and not self.pipeline
                 and not self.transport.is_closing())
 
-    def _make_room(self, most: int) -> bool:
+    def _make_room(self, most: int) -> None:
         """Close connections holding no request and no answer until at most ``most`` are
-        open (this one counted, never closed here); False if that cannot be done. Counted
+        open (this one counted, never closed here), as far as there are such. Counted
         as uvicorn's 503 check counts them: closing ones too (a closed one with nothing
         left to send goes a loop turn later; it is dropped from the count now). Then the
         idle ones, the longest waiting first. A connection whose answer is still being
@@ -259,11 +259,11 @@ class SlowClientProtocol(_HTTPProtocol):
         others = [c for c in self.connections if c is not self]
         excess = len(others) + 1 - most
         if excess <= 0:
-            return True
+            return
         closed = [c for c in others if (c.transport is None or c.transport.is_closing())
                   and not _unsent(c)]
-        idle = sorted((c for c in others if c not in closed
-                       and isinstance(c, SlowClientProtocol) and c._idle()
+        idle = sorted((c for c in others  # (_idle: never a closing one, as in closed)
+                       if isinstance(c, SlowClientProtocol) and c._idle()
                        and not _unsent(c)),
                       key=lambda c: c._waiting_since)
         ended = (closed + idle)[:excess]
@@ -284,7 +284,6 @@ class SlowClientProtocol(_HTTPProtocol):
             log.warning("open connections at max_connections (%d): closed %d that waited "
                         "longest for a request (logged once a minute)",
                         self.limit_concurrency, len(ended))
-        return len(ended) >= excess
 
     def data_received(self, data: bytes) -> None:
         self._begun_in_read = False

@@ -65,16 +65,16 @@ def check_hub_url(value: str | None) -> str | None:
     except httpx.InvalidURL as exc:
         raise ValueError(f"{shown_url(value)!r}: not a valid URL "
                          f"({shown_url(str(exc), limit=120)})") from None
-    why = ("it names no host" if not url.host
-           else "it holds a space or control character (a URL's own are %-encoded)"
-           if any(c.isspace() or ord(c) < 32 for c in value.strip())
-           else f"port {url.port} is not 1-65535" if url.port is not None
-           and not 0 < url.port < 0x10000
-           else "it holds a query or fragment (a base URL is scheme, host, port and "
-                "path)" if url.query or url.fragment or "?" in value or "#" in value
-           else None)
-    if why is not None:
-        raise ValueError(f"{shown_url(value)!r}: not a hub's base URL: {why}")
+    for bad, why in (
+            (not url.host, "it names no host"),
+            (any(c.isspace() or ord(c) < 32 for c in value.strip()),
+             "it holds a space or control character (a URL's own are %-encoded)"),
+            (url.port is not None and not 0 < url.port < 0x10000,
+             f"port {url.port} is not 1-65535"),
+            (bool(url.query or url.fragment) or "?" in value or "#" in value,
+             "it holds a query or fragment (a base URL is scheme, host, port and path)")):
+        if bad:  # (the first that holds, in this order)
+            raise ValueError(f"{shown_url(value)!r}: not a hub's base URL: {why}")
     return value
 
 
