@@ -129,17 +129,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path
         yield client, roots
 
 
+def _refused_and_still_serving(client: Any, pkg: Path, said: str) -> None:
+    """POST /v1/models of ``pkg`` is a 422 invalid_model_package saying ``said``, and the
+    model serving before still serves."""
+    r = client.post("/v1/models", json={"path": str(pkg)})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_model_package"
+    assert said in err["message"]
+    assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
+
+
 def test_a_card_asking_for_a_huge_input_is_a_422_and_the_model_keeps_serving(
         server: tuple[Any, Path], tiny_onnx: Any) -> None:
     # 100000 x 100000: the warm-up's frame alone was 28 GiB, a MemoryError and a 500
     client, roots = server
     pkg = tiny_onnx.package(roots / "huge", tiny_onnx.graph(size=100_000))
-    r = client.post("/v1/models", json={"path": str(pkg)})
-    assert r.status_code == 422, r.text
-    err = r.json()["error"]
-    assert err["code"] == "invalid_model_package"
-    assert "input.size: Input should be less than or equal to 4096" in err["message"]
-    assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
+    _refused_and_still_serving(client, pkg, "input.size: Input should be less than or equal to 4096")
 
 
 def test_a_graph_that_cannot_run_is_a_422_and_the_model_keeps_serving(
@@ -157,12 +163,7 @@ def test_a_graph_that_cannot_run_is_a_422_and_the_model_keeps_serving(
     model.graph.output.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, []))
     pkg = tiny_onnx.package(roots / "overflow", model,
                    outputs=["boxes", "scores", "labels", "m"])
-    r = client.post("/v1/models", json={"path": str(pkg)})
-    assert r.status_code == 422, r.text
-    err = r.json()["error"]
-    assert err["code"] == "invalid_model_package"
-    assert "model tiny 1: the graph failed its first run" in err["message"]
-    assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
+    _refused_and_still_serving(client, pkg, "model tiny 1: the graph failed its first run")
 
 
 def _with_graph_classes(pkg: Path, value: str) -> Path:
@@ -212,9 +213,4 @@ def test_junk_graph_class_metadata_is_a_422_and_the_model_keeps_serving(
         server: tuple[Any, Path], tiny_onnx: Any) -> None:
     client, roots = server
     pkg = _with_graph_classes(tiny_onnx.package(roots / "junkmeta", tiny_onnx.graph()), "{")
-    r = client.post("/v1/models", json={"path": str(pkg)})
-    assert r.status_code == 422, r.text
-    err = r.json()["error"]
-    assert err["code"] == "invalid_model_package"
-    assert "lineside.class_names metadata is not a JSON list" in err["message"]
-    assert {m["name"]: m["active"] for m in client.get("/v1/models").json()} == {"deeppcb": "1"}
+    _refused_and_still_serving(client, pkg, "lineside.class_names metadata is not a JSON list")
