@@ -266,6 +266,41 @@ def test_shadow_disagreements_reach_the_review_queue(launch: Callable[..., Runni
         assert admin.delete("/v1/models/deeppcb/shadow").status_code == 404
 
 
+def test_a_shadow_whose_process_dies_is_stopped_in_the_audit_log(launch: Callable[..., Running],
+                                                                 variants: Path) -> None:
+    """A shadow's process that ended (killed by the kernel's OOM killer, a crash in its
+    graph) stopped the shadow and said so in the server's log only: the audit log showed a
+    shadow started and never stopped, and nothing an operator reads over the API said why
+    it no longer compared (session 52). It is a ``shadow_stop`` by the server now, with the
+    exit code and the final counts."""
+    import os
+    import signal
+
+    srv = server(launch, variants, lifecycle={"shadow": {"queue": 16}})
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        load(admin, variants / "deeppcb" / "jumpy")
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", "sample_rate": 1.0})
+        assert r.status_code == 200 and r.json()["running"], r.text
+        inspect(line, DEFECTIVE[:2])
+        _until(lambda: rev.get("/v1/models/deeppcb/shadow").json()["compared"] == 2,
+               "the shadow to judge two frames")
+        session = srv.app.state.lifecycle.shadow.session("deeppcb")
+        os.kill(session.process.pid, signal.SIGKILL)
+        s = _until(lambda: not (s := rev.get("/v1/models/deeppcb/shadow").json())["running"] and s,
+                   "the shadow to stop")
+        assert s["stopped_at"] and s["compared"] == 2
+        stop = _until(lambda: next((e for e in rev.get("/v1/audit").json()["items"]
+                                    if e["action"] == "shadow_stop"), None),
+                      "the stop in the audit log")
+        assert (stop["actor"], stop["version"]) == ("lineside", "jumpy"), stop
+        assert "its process ended (exit code -9)" in stop["reason"], stop
+        assert stop["details"]["run_id"] == s["run_id"] and stop["details"]["compared"] == 2
+        # the line judged on, and a shadow starts again
+        assert inspect(line, DEFECTIVE[:1])[0]["model"]["version"] == "1"
+        r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy"})
+        assert r.status_code == 200 and r.json()["running"], r.text
+
+
 def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
                                                 variants: Path) -> None:
     srv = server(launch, variants, store_pass_rate=1.0, lifecycle={"rollout": {

@@ -56,6 +56,7 @@ log = logging.getLogger("lineside.shadow")
 PERSIST_EVERY_S = 2.0  # the run's counters reach the database at least this often
 START_TIMEOUT_S = 120.0  # the shadow process loads its model within this
 SHADOW_CAPTURE = "shadow_disagreement"
+STOPPED_BY = "lineside"  # the audit actor of a stop the server made (manager.SYSTEM)
 _spawn = multiprocessing.get_context("spawn")  # the server has threads: never fork it
 
 
@@ -357,6 +358,18 @@ class ShadowRunner:
         session.stopped_at = datetime.now(UTC)
         self._end_process(session)
         self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+        # in the audit log as any other stop, by the server itself (session 52): the log
+        # showed a shadow started and never stopped while its status said stopped, and
+        # nowhere the operator reads said why
+        try:
+            self.records.audit(actor=STOPPED_BY, action="shadow_stop", model=session.model,
+                               version=session.version,
+                               reason=f"its process ended (exit code {code}): the shadow is "
+                                      "stopped; start it again to go on comparing",
+                               details={"run_id": session.run_id, **session.counts()})
+        except Exception as exc:  # a database outage: said in the log above
+            log.warning("shadow %s %s stopped (its process ended), not recorded: %s",
+                        session.model, session.version, exc)
 
     def _persist(self, force: bool = False) -> None:
         now = time.monotonic()
