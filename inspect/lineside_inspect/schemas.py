@@ -152,6 +152,12 @@ class ReviewEntry(_Shape):
     action: ReviewAction
     boxes: list[TruthBox] = Field(description="the reviewed truth after this review")
     note: str
+    # sent only by GET /v1/inspections/{id} (and a review's answer): the list leaves it
+    # out, as a data pull of a release before it refuses a field it does not know
+    origin: Literal["box", "hub"] | None = Field(None, exclude_if=lambda o: o is None, description=(
+        "where the review was made: 'hub' by a reviewer on the fleet hub (a box keeps the "
+        "hub's reviews of its inspections), 'box' on a box; sent by GET /v1/inspections/{id} "
+        "and a review's answer only (session 52)"))
 
 
 class StoredInspection(InspectionResult):

@@ -84,3 +84,36 @@ def test_a_coco_image_of_too_many_annotations_is_one_problem(tmp_path: Path) -> 
         {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "dent"}]}))
     _refused_then_skipped("coco", src, tmp_path, "annotations.json",
                           f"{TOO_MANY} boxes on one image", ["ok.jpg"])
+
+
+def test_too_many_boxes_says_what_to_do(tmp_path: Path) -> None:
+    """Session 52: the problem said the count was over the limit and "(not a part's
+    defects)", nothing of what such a file likely is or what to do about it."""
+    src = tmp_path / "src"
+    (src / "labels").mkdir(parents=True)
+    (src / "classes.txt").write_text("dent\n")
+    _jpg(src / "images" / "many.jpg")
+    (src / "labels" / "many.txt").write_text("0 0.5 0.5 0.1 0.1\n" * TOO_MANY)
+    with pytest.raises(DatasetError) as exc:
+        import_dataset("yolo", src, tmp_path / "out")
+    (problem,) = exc.value.problems
+    assert "a dense real set has some hundreds" in problem.message, problem
+    assert "a mask or polygon exported as a box per pixel" in problem.message, problem
+    assert "merge the boxes that mark one defect" in problem.message, problem
+    assert "split the image into tiles" in problem.message, problem
+
+
+def test_a_voc_set_of_which_no_xml_reads_names_its_layout_whole(tmp_path: Path) -> None:
+    """Session 52: a VOC set whose every XML is a problem said "(layout found: Pascal VOC;
+    )", with or without --skip-invalid: the layout's parts were all empty."""
+    src = tmp_path / "src"
+    _jpg(src / "JPEGImages" / "a.jpg")
+    (src / "Annotations").mkdir()
+    (src / "Annotations" / "a.xml").write_text("<annotation><filename>a.jpg</filename")
+    for skip in (False, True):
+        with pytest.raises(DatasetError) as exc:
+            import_dataset("voc", src, tmp_path / "out", skip_invalid=skip)
+        said = str(exc.value)
+        assert "; )" not in said and not said.rstrip(")").endswith(";"), said
+        assert said.endswith("(layout found: Pascal VOC; no image's annotation read from "
+                             "the 1 .xml file(s))"), said

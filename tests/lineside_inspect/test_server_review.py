@@ -3,7 +3,9 @@ images, the dashboard figures, and pulling the reviewed set as a dataset."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from lineside_inspect.dataset import read_dataset, validate_dir
 from lineside_inspect.imageio import decode_image
@@ -225,3 +227,50 @@ def test_the_names_a_route_refuses_are_the_query_parameters_fastapi_reads() -> N
     for endpoint in (list_inspections, stats, stats_csv):
         read = get_dependant(path="/x", call=endpoint).query_params
         assert taken(endpoint) == tuple(p.alias for p in read), endpoint.__name__
+
+
+def hub_review_taken_down(box: Any, part: str) -> str:
+    """An unreviewed fail of ``part`` on the in-process server ``box``, reviewed by the
+    hub's qa (taken down, filed under the hub's name, as ``fleet/box/reviews.py`` does),
+    then by the box's own reviewer: its id."""
+    from lineside_inspect.fleet.protocol import ReviewEvent
+    from lineside_inspect.fleet.review_merge import apply_review
+    from lineside_inspect.store.models import HUB_BOX_ID
+
+    from .test_ui_shift_review import _fail
+
+    store = box.app.state.store
+    short = {"label": "short", "score": 0.91, "box": [10.0, 20.0, 30.0, 40.0]}
+    iid = _fail(store, part, ["short", "open"], [short])
+    hub_said = ReviewEvent(seq=1, inspection_id=iid, created_at=datetime.now(UTC) - timedelta(seconds=20),
+                           reviewer="qa", action="confirm", origin="hub",
+                           boxes=[{"label": "short", "box": short["box"]}])
+    assert apply_review(store, hub_said, box_id=HUB_BOX_ID) == "current"
+    with box.client("reviewer") as c:
+        r = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"})
+        assert r.status_code == 200, r.text
+        assert [(v["reviewer"], v["origin"]) for v in r.json()["reviews"]] == [
+            ("qa", "hub"), ("reviewer", "box")]
+    return iid
+
+
+def test_a_reviews_origin_says_the_hubs_review_from_the_boxs() -> None:
+    """A review the fleet hub's qa made, which the box took down, read as the box's own
+    "qa" in the part's audit trail: the answer did not say where a review came from
+    (session 52). ``GET /v1/inspections/{id}`` (and a review's answer) now says each
+    review's ``origin``; the list does not, as a data pull of an earlier release refuses
+    a field it does not know."""
+    from .conftest import keyed, start_server
+
+    running, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        iid = hub_review_taken_down(running, "FROMHUB")
+        with running.client("reviewer") as c:
+            detail = c.get(f"/v1/inspections/{iid}").json()
+            assert [(v["reviewer"], v["origin"]) for v in detail["reviews"]] == [
+                ("qa", "hub"), ("reviewer", "box")]
+            listed = c.get("/v1/inspections", params={"part_id": "FROMHUB"}).json()["items"]
+            assert [sorted(v) for v in listed[0]["reviews"]] == [
+                ["action", "boxes", "created_at", "id", "note", "reviewer"]] * 2
+    finally:
+        stop()

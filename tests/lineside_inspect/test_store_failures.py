@@ -614,3 +614,70 @@ def test_an_outage_is_not_said_over_by_an_answer_that_never_reached_the_database
         stop()
         connections(True)
         admin.dispose()
+
+
+def test_the_hubs_database_read_only_or_without_tables_is_named_as_the_hubs(
+        pg_database: str, weed: Any, tmp_path: Path) -> None:
+    """Session 52: on the hub, PostgreSQL read-only (25006) or its tables dropped answered
+    as a box does: "the database takes no writes now", and "inspections acknowledged
+    meanwhile wait in the journal ... restart the server" (a hub has no journal; its
+    boxes keep what they forward). Each now names the hub's database and what to do
+    there, as the hub's refused login does (session 51)."""
+    from .test_fleet_hostile_box import _forwarded, _post
+    from .test_fleet_sync import KEYS, ServedHub, hub_settings
+
+    name = pg_database.rsplit("/", 1)[1]
+    admin = create_engine(pg_database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    qa = {"authorization": f"Bearer {KEYS['qa']}"}
+
+    def as_admin(*statements: str) -> None:
+        with admin.connect() as c:
+            for statement in statements:
+                c.execute(text(statement))
+
+    def refused(r: httpx.Response) -> str:
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "database_unavailable", r.text
+        message: str = r.json()["error"]["message"]
+        assert "journal" not in message and "restart the server" not in message, message
+        return message
+
+    settings = hub_settings(tmp_path, weed.settings("hub-read-only"), database_url=pg_database)
+    try:
+        with ServedHub(settings) as hub:
+            held = _forwarded(1)
+            assert _post(hub, "box1", "inspections", {"items": [held]}).status_code == 200
+            as_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on',
+                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     f"WHERE datname = '{name}'")
+            reviewed = wait_for_answer(lambda: httpx.post(
+                f"{hub.url}/v1/inspections/{held['record']['id']}/reviews", headers=qa,
+                json={"action": "confirm"}, timeout=30))
+            assert refused(reviewed).startswith("the hub's database takes no writes now"), \
+                reviewed.text
+            as_admin(f'ALTER DATABASE "{name}" RESET ALL',
+                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     f"WHERE datname = '{name}'")
+            owner = create_engine(pg_database)
+            with owner.begin() as c:
+                c.execute(text("DROP TABLE reviews, inspections CASCADE"))
+            owner.dispose()
+            listed = wait_for_answer(lambda: httpx.get(f"{hub.url}/v1/inspections",
+                                                       headers=qa, timeout=30))
+            message = refused(listed)
+            assert message.startswith("the store's tables are not in the hub's database"), message
+            assert "boxes keep what they forward and send it again" in message, message
+            assert "restart the hub to make the tables again" in message, message
+    finally:
+        as_admin(f'ALTER DATABASE "{name}" RESET ALL')
+        admin.dispose()
+
+
+def wait_for_answer(ask: Callable[[], httpx.Response]) -> httpx.Response:
+    """``ask``'s answer once it is not about a connection PostgreSQL just ended (the
+    pool's first use after ``pg_terminate_backend`` may meet one)."""
+    for _ in range(20):
+        r = ask()
+        if "unreachable" not in r.text:
+            return r
+    return r

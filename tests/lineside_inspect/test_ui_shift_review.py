@@ -873,3 +873,25 @@ def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Ru
     expect(page.locator("#d-reviews li")).to_contain_text(["confirm"])
     expect(note).to_have_text("")
     close_contexts(browser)
+
+
+def test_a_hub_review_in_the_parts_trail_says_it_is_the_hubs(browser: Any, box: Running) -> None:
+    """A QA reviewer on the fleet hub reviewed a box's inspection; the box took the review
+    down. Its part's audit trail showed "qa: confirm", as if the box's own qa had made it
+    (session 52). The trail now says "qa (hub)", as text, from the review's ``origin``
+    (``test_server_review.py`` pins the API's side)."""
+    from playwright.sync_api import expect
+
+    from .test_server_review import hub_review_taken_down
+
+    hub_review_taken_down(box, "FROMHUB")
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review?part_id=FROMHUB&verdict=&review_state=")
+    expect(page.locator("#count")).to_have_text("1–1 of 1")
+    page.locator(".card").click()
+    trail = page.locator("#d-reviews li")
+    expect(trail).to_have_count(2)
+    expect(trail.nth(0)).to_contain_text("qa (hub): confirm")
+    expect(trail.nth(1)).to_contain_text("reviewer: confirm")
+    expect(trail.nth(1)).not_to_contain_text("(hub)")
+    assert trail.nth(0).locator("bdi").inner_text() == "qa"  # the name isolated, as before

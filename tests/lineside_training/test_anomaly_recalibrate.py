@@ -185,6 +185,28 @@ def test_too_few_captures_for_the_target_are_refused(tmp_path: Path, package: Pa
     assert r.exit_code == 2 and "its splits are train, val" in r.stderr, r.stderr
 
 
+def test_a_set_without_splits_too_small_for_any_says_so_first(tmp_path: Path, package: Path) -> None:
+    """Session 52: a good import of 10 parts without --split said "give --split all"; that
+    run then said 50 were needed. The first answer now says what --split all would find,
+    how many more to add, and to calibrate with --split all; the second agrees with it."""
+    line = _line_set(tmp_path, 10)
+    card_bytes = (package / "model.json").read_bytes()
+    first = runner.invoke(app, ["calibrate", str(package), "--data", str(line)])
+    assert first.exit_code == 2 and len(first.stderr.strip().splitlines()) == 1, first.stderr
+    assert "split 'val' has no images, and all of it (--split all) has 10 distinct good " \
+        "images" in first.stderr, first.stderr
+    assert "at least 50" in first.stderr and "add at least 40 more good parts" in first.stderr
+    assert first.stderr.strip().endswith("calibrate on that with --split all"), first.stderr
+    second = runner.invoke(app, ["calibrate", str(package), "--data", str(line), "--split", "all"])
+    assert second.exit_code == 2 and "has 10 distinct good images" in second.stderr
+    assert "add at least 40 more good parts" in second.stderr, second.stderr
+    assert (package / "model.json").read_bytes() == card_bytes
+    # enough of them: --split all is what is missing, as before
+    enough = runner.invoke(app, ["calibrate", str(package), "--data",
+                                 str(_line_set(tmp_path / "e", 60))])
+    assert enough.exit_code == 2 and "it has no splits: give --split all" in enough.stderr
+
+
 def test_a_folder_that_appears_meanwhile_is_never_replaced(
         tmp_path: Path, package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Checked before the work and again by creating it: another writer's version (or a

@@ -708,7 +708,9 @@ def import_voc(src: Path, classes: list[str] | None = None) -> Draft:
     parts += [f"{_split_name(s)}: {len(v)} image(s) in {folders_phrase(v)}, their XMLs in "
               f"{folders_phrase(xml_rels[None])}"
               for s, v in sorted(from_image_folder.items(), key=_split_order)]
-    layout = "Pascal VOC; " + "; ".join(parts + notes)
+    # none read (every XML a problem): "Pascal VOC; " said nothing, and ended in "; )"
+    read = parts or [f"no image's annotation read from the {len(xmls)} .xml file(s)"]
+    layout = "; ".join(["Pascal VOC", *read, *notes])
     return Dataset(list(cats), images, info={"source": "Pascal VOC", "layout": layout}), problems
 
 
@@ -1212,7 +1214,7 @@ def import_yolo(src: Path) -> Draft:
         by_split[r.split].append(_rel(r.source, src) if r.source else r.file_name)
     parts = [f"{_split_name(s)}: {len(v)} images in {folders_phrase(v)}"
              for s, v in sorted(by_split.items(), key=_split_order)]
-    info: dict[str, object] = {"source": "YOLO", "layout": "YOLO; " + "; ".join(parts + notes)}
+    info: dict[str, object] = {"source": "YOLO", "layout": "; ".join(["YOLO", *parts, *notes])}
     return Dataset(categories, images, info=info), problems
 
 
@@ -1473,7 +1475,7 @@ def import_coco(src: Path) -> Draft:
     notes = (_assign_rest_to_train(images) if len(docs) > 1 else []) + _clip_to_images(images)
     notes += _case_variants(categories) + _thin_classes(images, categories)
     notes += _coco_notes(docs, images, sized, unlisted, root)
-    info.update({"layout": "COCO; " + "; ".join(parts + notes)})
+    info.update({"layout": "; ".join(["COCO", *parts, *notes])})
     return Dataset(categories, images, info=info), problems
 
 

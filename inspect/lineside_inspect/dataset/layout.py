@@ -160,7 +160,11 @@ def label_file_too_big(path: Path, subject: str, problems: list[Problem]) -> boo
 def too_many_boxes(count: int) -> str:
     """The problem of an image with ``count`` boxes, over :data:`MAX_BOXES_PER_IMAGE`."""
     return (f"{count} boxes on one image: over the {MAX_BOXES_PER_IMAGE} an image may hold "
-            "(not a part's defects)")
+            "(a dense real set has some hundreds; more is no part's defects, and one image's "
+            "labels then take gigabytes to read). Likely a mask or polygon exported as a box "
+            "per pixel or segment, or many images' labels in one file: give each defect one "
+            "box (merge the boxes that mark one defect), or split the image into tiles that "
+            "hold fewer")
 
 
 def image_size(path: Path, subject: str, problems: list[Problem]) -> tuple[int, int]:

@@ -147,6 +147,11 @@ class _OutageEnds:
 DATABASE_WORDS = ("the database", "fix database_url's credentials (and restart the server) "
                   "or give the role its password back; inspections acknowledged meanwhile "
                   "wait in the journal")
+# what a database that takes no writes or lost its tables keeps meanwhile, and what makes
+# its tables again: the hub sets its own as app.state.database_keeps (it named "the
+# database", a journal it has not and "restart the server": session 52)
+DATABASE_KEEPS = ("inspections acknowledged meanwhile wait in the journal",
+                  "restart the server to make the tables again and apply them")
 
 
 def database_failed(request: Request, exc: OperationalError) -> DatabaseUnavailable:
@@ -179,9 +184,13 @@ def add_error_handlers(app: FastAPI) -> None:
     app.state.database_outages = outages
     app.add_middleware(_OutageEnds, outages=outages)
 
+    def whose(request: Request) -> str:
+        return str(getattr(request.app.state, "database_words", DATABASE_WORDS)[0])
+
     def refused(request: Request, cause: str, words: str) -> None:
-        outages.failed(f"the database is {cause}", logging.WARNING,
-                       "%s %s: the database is %s: %s", request.method, request.url.path,
+        said = whose(request)
+        outages.failed(f"{said} is {cause}", logging.WARNING,
+                       "%s %s: %s is %s: %s", request.method, request.url.path, said,
                        cause, words, ends=_outage_key(request.scope))
 
     @app.exception_handler(LinesideError)
@@ -246,8 +255,8 @@ def add_error_handlers(app: FastAPI) -> None:
             # database is unreachable" on PostgreSQL): the reviewer could not tell it from a bug
             refused(request, "on a full disk", str(exc.orig).strip()[:300])
             return await lineside_error(request, DatabaseUnavailable(
-                "the disk holding the database is full: nothing was saved; retry once room "
-                "is made"))
+                f"the disk holding {whose(request)} is full: nothing was saved; retry once "
+                "room is made"))
         if isinstance(exc.orig, sqlite3.OperationalError) and "locked" not in str(exc.orig):
             # SQLite's other operational errors (no such table, disk full) are the
             # server's own: a 500 with the details logged under its id
@@ -265,8 +274,8 @@ def add_error_handlers(app: FastAPI) -> None:
         # a review while PostgreSQL took no writes was a 500 with a traceback per request
         refused(request, "read-only", str(exc.orig).strip()[:300])
         return await lineside_error(request, DatabaseUnavailable(
-            "the database takes no writes now (read-only: a standby, or set so); nothing "
-            "was saved, retry later"))
+            f"{whose(request)} takes no writes now (read-only: a standby, or set so); "
+            "nothing was saved, retry later"))
 
     @app.exception_handler(ProgrammingError)
     async def tables_gone(request: Request, exc: ProgrammingError) -> JSONResponse:
@@ -276,10 +285,10 @@ def add_error_handlers(app: FastAPI) -> None:
         # traceback per request; the journal keeps what was acknowledged meanwhile
         refused(request, "without the store's tables",
                 str(exc.orig).strip().splitlines()[0][:300])
+        kept, again = getattr(request.app.state, "database_keeps", DATABASE_KEEPS)
         return await lineside_error(request, DatabaseUnavailable(
-            "the store's tables are not in the database (dropped, or another database at "
-            "that address); inspections acknowledged meanwhile wait in the journal: restore "
-            "the database, or restart the server to make the tables again and apply them"))
+            f"the store's tables are not in {whose(request)} (dropped, or another database "
+            f"at that address); {kept}: restore the database, or {again}"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -157,6 +157,13 @@ class ReviewRow(Base):
     __table_args__ = ({"sqlite_autoincrement": True},)
 
 
+def review_origin(review: ReviewRow) -> Literal["box", "hub"]:
+    """Where ``review`` was made: "hub" by a hub's reviewer (the hub marks its own so, and
+    a box files the hub's reviews it takes down under :data:`HUB_BOX_ID`), else "box"
+    (reviews from before the fleet were a box's own)."""
+    return "hub" if review.origin == "hub" or review.box_id == HUB_BOX_ID else "box"
+
+
 def reviewed_verdict(verdict: str, reviews: Sequence[tuple[str, list[Any]]],
                      ) -> Literal["pass", "fail"] | None:
     """The verdict the reviews (``(action, boxes)``, oldest first) say a part deserved:

@@ -119,6 +119,7 @@ from lineside_inspect.store.models import (
     delete_any,
     label_pattern,
     labels_column,
+    review_origin,
 )
 from lineside_inspect.store.outbox import (
     MQTT,
@@ -1852,9 +1853,11 @@ class Store:
             raise NotFoundError(f"no inspection {echo(inspection_id)}")
         return row
 
-    def record(self, row: InspectionRow) -> StoredInspection:
+    def record(self, row: InspectionRow, *, origins: bool = False) -> StoredInspection:
         """``row`` in the HTTP contract: what a verdict was, plus what the store and the
         reviewers added. ``has_image`` says whether this box can serve its image.
+        ``origins``: each review says where it was made (``GET /v1/inspections/{id}``'s;
+        the list leaves it out, a data pull of an earlier release refusing the field).
         :class:`UnreadableRecord` (422) naming what is wrong when its stored fields do not
         read as an inspection (text that is not JSON or not a time, a field missing or of
         another type: a hand-edited row, one an older or foreign writer left): each read
@@ -1863,7 +1866,7 @@ class Store:
         if bad:
             raise UnreadableRecord(self._unreadable_message(row, "; ".join(bad)))
         try:
-            return self._as_stored(row)
+            return self._as_stored(row, origins)
         except (ValidationError, TypeError, AttributeError, KeyError, ValueError) as exc:
             why = describe_validation(exc.errors()) if isinstance(exc, ValidationError) \
                 else f"{type(exc).__name__}: {exc}"
@@ -1874,7 +1877,7 @@ class Store:
         return (f"inspection {row.id}: its stored fields do not read as an inspection ({why}); "
                 "a row edited by hand or left by another writer. Its images are still served")
 
-    def _as_stored(self, row: InspectionRow) -> StoredInspection:
+    def _as_stored(self, row: InspectionRow, origins: bool = False) -> StoredInspection:
         here = row.box_id is None or row.box_id == self.box_id or self.central_images is not None
         check = row.reference_check or {}
         reference = None if row.reference_path is None and row.reference_name is None \
@@ -1895,7 +1898,8 @@ class Store:
             "has_image": here and row.image_path is not None, "review_state": row.review_state,
             "tiles": row.tiles,
             "reviews": [{"id": r.id, "created_at": r.created_at, "reviewer": r.reviewer,
-                         "action": r.action, "boxes": r.boxes, "note": r.note}
+                         "action": r.action, "boxes": r.boxes, "note": r.note,
+                         **({"origin": review_origin(r)} if origins else {})}
                         for r in row.reviews]})
 
     def records(self, rows: list[InspectionRow]) -> list[StoredInspection]:

@@ -71,8 +71,21 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
                            "captures it did not train on")
     dataset = read_dataset(data)
     name = Path(dataset.root or data).name
-    good, good_digests = distinct(dataset, [r for r in split_images(dataset, split)
-                                            if r.is_good])
+    need = min_good_images(target)
+    try:
+        in_split = split_images(dataset, split)
+    except DatasetError:
+        # "give --split all" to a set too small for any split: the next run said another
+        # thing was wrong (session 52); say now what --split all would find, and what then
+        if not dataset.images or any(r.split for r in dataset.images):
+            raise  # (none at all; or a split not there, naming those there are)
+        whole = len(distinct(dataset, [r for r in dataset.images if r.is_good])[0])
+        if whole >= need:
+            raise
+        raise DatasetError(f"{name}: split {split!r} has no images, and all of it (--split "
+                           f"all) has {whole} distinct good images: "
+                           + _too_few(target, need, whole, "with --split all")) from None
+    good, good_digests = distinct(dataset, [r for r in in_split if r.is_good])
     if not good:
         raise DatasetError(f"split {split!r} of {name} has no good images: a good-only model "
                            "is calibrated on good parts (no boxes)")
@@ -82,14 +95,10 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
             f"{data}: {len(seen)} of split {split!r}'s {len(good)} good images are ones the "
             f"model trained on (e.g. {seen[0]}): calibrate on captures it did not train on "
             "(its held-out groups, another split, or new line captures)")
-    need = min_good_images(target)
     if len(good) < need:
         raise DatasetError(f"split {split!r} of {name} has {len(good)} distinct good images: "
-                           f"at {target:.1%} false rejects the threshold needs at least {need} "
-                           "(two captures each), or it is only the highest score seen: add at "
-                           f"least {need - len(good)} more good parts it did not train on to the "
-                           "folder, import it again (lineside data import -f good --overwrite) "
-                           "and calibrate on that")
+                           + _too_few(target, need, len(good),
+                                      "" if split == "all" else "with --split all"))
     rng = np.random.default_rng(CALIB_SEED)
     scored = Scored()
     for i in range(0, len(good), BATCH):
@@ -110,6 +119,15 @@ def recalibrate_package(package: str | Path, *, data: str | Path, split: str = "
             "previous_threshold": spec.threshold,
             "previous_false_reject": float((scores >= spec.threshold).mean()),
             "false_reject": float((scores >= point["threshold"]).mean())}
+
+
+def _too_few(target: float, need: int, have: int, how: str) -> str:
+    """What a threshold at ``target`` false rejects needs, and what to do about ``have``
+    images (calibrating ``how``, as given: a good import has no splits)."""
+    return (f"at {target:.1%} false rejects the threshold needs at least {need} (two captures "
+            f"each), or it is only the highest score seen: add at least {need - have} more "
+            "good parts it did not train on to the folder, import it again (lineside data "
+            f"import -f good --overwrite) and calibrate on that{' ' + how if how else ''}")
 
 
 def trained_on(training: dict[str, Any], good: list[ImageRecord],

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from lineside_inspect.errors import (
     ObjectStoreUnavailable,
 )
-from lineside_inspect.fleet.hub.config import HUB_DATABASE_WORDS, HubSettings
+from lineside_inspect.fleet.hub.config import HUB_DATABASE_KEEPS, HUB_DATABASE_WORDS, HubSettings
 from lineside_inspect.fleet.hub.dblock import HubDatabaseLock
 from lineside_inspect.fleet.hub.front import BoxFront, HubFeatures
 from lineside_inspect.fleet.hub.images import ObjectImages
@@ -188,6 +188,7 @@ def create_hub_app(hub: HubSettings, db_lock: HubDatabaseLock | None = None) -> 
     app.state.db_lock = db_lock
     # a refused login's 503: the hub's database, and what to fix (session 51)
     app.state.database_words = HUB_DATABASE_WORDS
+    app.state.database_keeps = HUB_DATABASE_KEEPS  # (no journal: session 52)
     app.state.metrics = Metrics()
     app.state.metrics_hooks = []
     app.state.sessions = SessionStore(settings.session_ttl_s)

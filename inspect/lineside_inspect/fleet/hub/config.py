@@ -27,6 +27,10 @@ from lineside_inspect.store.models import HUB_BOX_ID
 HUB_DATABASE_WORDS = ("the hub's database", "fix the hub's database_url credentials (and "
                       "restart the hub) or give the role its password back; boxes keep "
                       "what they forward and send it again")
+# what a hub's database that lost its tables keeps meanwhile, and what makes them again (the
+# app's ``database_keeps``, read by server.handlers; session 52)
+HUB_DATABASE_KEEPS = ("boxes keep what they forward and send it again",
+                      "restart the hub to make the tables again")
 
 
 class HubSettings(BaseSettings):

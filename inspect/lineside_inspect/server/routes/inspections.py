@@ -86,7 +86,7 @@ def get_inspection(inspection_id: str, request: Request, who: Reviewer) -> Inspe
     as it is now reviewed, and why, by the pull's own rules (``store/pull_rules.py``):
     the review page shows it, and had its own copy of the rules (session 51)."""
     store = get_store(request)
-    return with_pull(store.record(store.get(inspection_id)))
+    return with_pull(store.record(store.get(inspection_id), origins=True))
 
 
 def _send(f: IO[bytes], name: str | None) -> StreamingResponse:
@@ -224,7 +224,7 @@ def add_review(inspection_id: str, body: ReviewIn, request: Request,
     row = get_store(request).review(inspection_id, reviewer=who.name, action=body.action,
                                  boxes=boxes, index=body.index, label=body.label,
                                  note=body.note, seen_reviews=body.seen_reviews)
-    return with_pull(get_store(request).record(row))
+    return with_pull(get_store(request).record(row, origins=True))
 
 
 @router.get("/stats", responses=errors(401, 403, 404, 422))

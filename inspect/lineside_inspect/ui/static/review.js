@@ -452,8 +452,11 @@ function render() {
     li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); state.box = i; render(); } };
     return li;
   }));
+  // a review the fleet hub's reviewer made says so, as the shift's tally does ("qa (hub)"):
+  // it read as this box's own qa (session 52; a server before it sends no origin)
   $("#d-reviews").replaceChildren(...o.reviews.map((r) =>
-    el("li", {}, `${dateTime(r.created_at)} · `, el("bdi", {}, r.reviewer), `: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
+    el("li", {}, `${dateTime(r.created_at)} · `, el("bdi", {}, r.reviewer), r.origin === "hub" ? " (hub)" : "",
+       `: ${r.action.replace("_", " ")} (${r.boxes.length} defect(s) after)`)));
   if (inList) ($$("#d-defects li")[state.box] || $("#d-title")).focus({ preventScroll: true });
   if (!o.reviews.length) $("#d-reviews").append(el("li", { class: "none" }, "not reviewed yet"));
   boxLayer($("#boxes"), truth, o.width, o.height, state.box);
