@@ -212,3 +212,76 @@ def test_the_review_api_says_what_data_pull_leaves_out(
             assert f"pull: left out inspection {i}: {n['reason']}" in logged
             assert any(m.startswith("pull: 1 inspection(s) left out, " + n["reason"])
                        and i in m for m in logged)
+
+
+def _gone_and_cleared(store: Store, detector: Detector) -> dict[str, str]:
+    """Three reviewed fails and an unreviewed pass the store did not sample (its pass rate
+    0): ``gone``'s image removed from the disk (a cleanup) while the row still names it,
+    ``cleared``'s removed before a start, which clears the row's image (as ``serve`` does)."""
+    made = {k: _inspection(detector, "fail") for k in ("kept", "gone", "cleared")}
+    made["unsampled"] = _inspection(detector, "pass")
+    for m in made.values():
+        assert store.save(m)
+    store.flush()
+    for k, action in (("kept", "confirm"), ("gone", "false_reject"), ("cleared", "confirm")):
+        store.review(made[k].id, reviewer="qa", action=action)
+    assert store.get(made["unsampled"].id).image_path is None
+    store.image_file(store.get(made["cleared"].id)).unlink()
+    assert store.cleanup()["missing_cleared"] == 1
+    store.image_file(store.get(made["gone"].id)).unlink()
+    return {k: m.id for k, m in made.items()}
+
+
+def _said_not_pulled(caplog: pytest.LogCaptureFixture) -> list[str]:
+    import logging
+
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "not pulled" in r.getMessage()]
+
+
+def _check_said(ids: dict[str, str], pulled: set[str], said: list[str]) -> None:
+    from lineside_inspect.store.pull import GONE, NO_IMAGE
+
+    assert pulled == {ids["kept"]}
+    assert sorted(said) == sorted([
+        f"pull: 1 inspection(s) not pulled, {GONE} (e.g. inspection {ids['gone']})",
+        f"pull: 1 inspection(s) not pulled, {NO_IMAGE} (e.g. inspection {ids['cleared']})"]), said
+    assert ids["unsampled"] not in " ".join(said)  # (an unsampled pass is no loss)
+
+
+def test_reviewed_inspections_whose_images_are_gone_are_said_from_a_store(
+        tmp_path: Path, detector: Detector, database_url: str | None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A plant's disk cleanup (or retention) removed the images of reviewed inspections:
+    `data pull DIR` said "pulled 1 images" and nothing of the other two, a false reject
+    among them (the set's only good part). One was an INFO line the command does not
+    show, the other (its row cleared at the next start) not even that (loop walk,
+    session 52). Now each kind is one WARNING line, counted, with an example id; an
+    unreviewed pass the store did not sample is no loss and unsaid. SQLite and PostgreSQL."""
+    import logging
+
+    with Store(tmp_path / "store", database_url, pass_rate=0.0) as store:
+        ids = _gone_and_cleared(store, detector)
+        with caplog.at_level(logging.WARNING, "lineside.store"):
+            ds = pull_from_store(store, tmp_path / "pulled", reviewed=False)
+    _check_said(ids, {Path(r.file_name).stem for r in ds.images}, _said_not_pulled(caplog))
+
+
+def test_reviewed_inspections_whose_images_are_gone_are_said_from_a_server(
+        tmp_path: Path, detector: Detector, launch: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """As from a store, over a real server: the one whose file is gone is a 404 for its
+    image (an INFO line before), the one the start cleared is listed without an image
+    (skipped, unsaid, before)."""
+    import logging
+
+    from lineside_inspect.store.pull import pull_from_server
+
+    from .conftest import ROLE_KEYS
+
+    srv = launch(store_pass_rate=0.0)
+    ids = _gone_and_cleared(srv.app.state.store, detector)
+    with caplog.at_level(logging.WARNING, "lineside.store"):
+        ds = pull_from_server(srv.url, tmp_path / "pulled", key=ROLE_KEYS["reviewer"],
+                              reviewed=False)
+    _check_said(ids, {Path(r.file_name).stem for r in ds.images}, _said_not_pulled(caplog))

@@ -293,6 +293,10 @@ class _Placing:
         self.unaligned = _Unaligned()
         # a golden's problem with an item of its size and named sha256 (one serves many)
         self.goldens: dict[tuple[Path, int, int, str | None], str | None] = {}
+        # not pulled for want of an image, by :data:`NO_IMAGE` or :data:`GONE`: said at the
+        # end. Each was an INFO line `data pull` does not show, or none at all: a disk
+        # cleanup's or retention's reviewed inspections left the set unsaid (session 52)
+        self.imageless: dict[str, list[str]] = {}
 
     def first(self, inspection_id: str) -> bool:
         """Whether the inspection is new to this pull (a list's pages may repeat one)."""
@@ -368,6 +372,11 @@ class _Placing:
         if golden is not None and _reference_name(golden) not in self.refs:
             golden.unlink(missing_ok=True)
 
+    def no_image(self, inspection_id: str, why: str) -> None:
+        """``inspection_id`` not pulled, its image not there (:data:`NO_IMAGE`,
+        :data:`GONE`), said with the rest at the end (:meth:`write`)."""
+        self.imageless.setdefault(why, []).append(inspection_id)
+
     def skip(self, inspection_id: str, why: str) -> None:
         """``inspection_id`` left out, said with the rest at the end (:meth:`write`)."""
         self.skipped.append(f"{inspection_id}: {why}")
@@ -379,6 +388,9 @@ class _Placing:
         for why, ids in self.unlearnable.items():
             log.warning("pull: %d inspection(s) left out, %s (e.g. inspection %s)",
                         len(ids), why, ids[0])
+        for why, ids in self.imageless.items():
+            log.warning("pull: %d inspection(s) not pulled, %s (e.g. inspection %s)",
+                        len(ids), why, ids[0])
         if self.skipped:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
                         "shift out of range): %s%s", len(self.skipped),
@@ -386,6 +398,15 @@ class _Placing:
         left_out = len(self.skipped) + sum(map(len, self.unlearnable.values()))
         return write_dataset(_dataset(self.records, self.classes, origin, asked, left_out), dst,
                              overwrite=overwrite)
+
+
+# why a listed inspection has no image to pull (:meth:`_Placing.no_image`)
+NO_IMAGE = ("reviewed but with no stored image here (a pass the store did not sample, one whose "
+            "image retention or a disk cleanup removed, or one another box of a shared database "
+            "keeps: pull from that box too): their reviews are not in the set")
+GONE = ("their stored image was missing when the pull came to it (removed by a disk cleanup "
+        "or retention, or kept by another box of a shared database: pull from that box too): "
+        "they are not in the set")
 
 
 def _check_dst(dst: str | Path, overwrite: bool) -> None:
@@ -495,7 +516,11 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
             cursor.advance(timed)
             for row in rows:
                 # a time several rows share may be listed again: each once
-                if row.image_path is None or not placing.first(row.id):
+                if not placing.first(row.id):
+                    continue
+                if row.image_path is None:  # (an unreviewed pass the store did not sample)
+                    if row.review_state != "unreviewed":
+                        placing.no_image(row.id, NO_IMAGE)
                     continue
                 try:  # a shared database lists other boxes' inspections: their images are there
                     path = store.image_file(row)
@@ -505,6 +530,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                         placing.skip(row.id, broken)
                     else:  # (gone: retention, or stored on another box)
                         log.info("pull: skipped: %s", exc.message)
+                        placing.no_image(row.id, GONE)
                     continue
                 try:
                     item = store.record(row).model_dump(mode="json")
@@ -521,6 +547,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                 elif staged is None or (ref_path is not None and staged_ref is None):
                     log.info("pull: skipped inspection %s: its image was removed meanwhile "
                              "(retention)", row.id)
+                    placing.no_image(row.id, GONE)
                 else:
                     placing.place(item, staged, staged_ref)
                     continue
@@ -671,11 +698,18 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
         placing = _Placing(Path(tmp), keep_anomaly)
         for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id):
             # a review made during the pull moves later items onto the next page
-            if not item["has_image"] or not placing.first(item["id"]) \
-                    or not placing.wanted(item):
+            if not placing.first(item["id"]):
+                continue
+            if not item["has_image"]:  # (an unreviewed pass the server did not sample)
+                if item["reviews"]:
+                    placing.no_image(item["id"], NO_IMAGE)
+                continue
+            if not placing.wanted(item):
                 continue
             if fetched := _fetch(c, url, item, Path(tmp)):
                 placing.place(item, *fetched)
+            else:
+                placing.no_image(item["id"], GONE)
         return placing.write(url, dst, overwrite, _asked(part_id, since, reviewed))
 
 
