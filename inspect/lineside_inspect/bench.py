@@ -19,13 +19,28 @@ import numpy as np
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.errors import BenchError
 from lineside_inspect.imageio import IMAGE_SUFFIXES
+from lineside_inspect.package import ModelCard
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.serve_process import stopped_at_exit, temp_directory
+
+
+def servable_card(package: str | Path) -> ModelCard:
+    """``package``'s card, refused (:class:`PackageError`, one line) as a server loading it
+    refuses it: a card whose own recipe (``default_recipe``, edited by hand) does not fit
+    its model. ``bench model`` timed such a package for a minute, then read the recipe's
+    tiling unchecked: a pydantic traceback (new-user review, session 52)."""
+    from lineside_inspect.package import load_package
+    from lineside_inspect.recipes import check_card_recipe
+
+    card = load_package(package).card
+    check_card_recipe(card, card.class_names)
+    return card
 
 
 def bench_model(package: str | Path, *, runs: int = 50, batches: list[int] | None = None,
                 threads: tuple[int, ...] = (1, 2)) -> list[dict[str, Any]]:
     use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
+    servable_card(package)  # before any timing
     rows = []
     rng = np.random.default_rng(0)
     for th in threads:
@@ -72,11 +87,10 @@ def tiling_note(package: str | Path) -> str | None:
     frame, which costs a pass per tile (new-user review, session 45: a 1600x1300 frame
     took 9 passes, ~16x the table's p50, and nothing said so)."""
     from lineside_inspect.errors import ImageTooLargeError
-    from lineside_inspect.package import load_package
     from lineside_inspect.recipes import card_recipe
     from lineside_inspect.runtime.tiles import MAX_TILES, tile_origins
 
-    own = card_recipe(load_package(package).card).tiling
+    own = card_recipe(servable_card(package)).tiling
     if own is None:
         return None
     try:  # as the server cuts it: a frame over MAX_TILES tiles is refused 413, not judged

@@ -999,15 +999,15 @@ def _bench_mosaic(package: Path, data: Path, tile: int | None, overlap: float | 
                   grid: str, frames: int, runs: int) -> None:
     from pydantic import ValidationError
 
+    from lineside_inspect.bench import servable_card
     from lineside_inspect.bench_tiles import bench_tiles, format_tiles
-    from lineside_inspect.package import load_package
     from lineside_inspect.recipes import card_recipe
     from lineside_inspect.runtime.tiles import Tiling
 
     cols, x, rows = grid.partition("x")
     if not (x and cols.isdigit() and rows.isdigit() and int(cols) >= 1 and int(rows) >= 1):
         raise typer.BadParameter(f"--grid: images across x down, e.g. 3x2; got {grid!r}")
-    card = load_package(package).card
+    card = servable_card(package)  # its recipe refused as a server refuses it
     # a card that tiles (export --tile) is measured as it judges on the line: each of
     # --tile and --overlap not given is the card's (a card loaded has a valid tiling)
     own = card_recipe(card).tiling

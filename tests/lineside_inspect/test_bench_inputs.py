@@ -204,3 +204,20 @@ def test_a_frame_the_benchs_server_refuses_is_one_line(tmp_path: Path) -> None:
               str(_copy(MODELS / "deeppcb" / "1", tmp_path, version="2")), "--frames",
               str(frames), "--seconds", "1", "--rounds", "1", "--threads", "1"],
              "the bench's server refused a frame (400): not a JPEG, PNG or BMP image")
+
+
+@pytest.mark.parametrize("recipe", [{"min_score": 5}, {"bogus": 1},
+                                    {"min_score": {"nope": 0.2}}])
+@pytest.mark.parametrize("mode", [["--runs", "1", "--batches", "1"], ["--mosaic", str(SAMPLE)]])
+def test_a_card_whose_own_recipe_a_server_refuses_is_one_line_before_timing(
+        recipe: dict[str, Any], mode: list[str], tmp_path: Path) -> None:
+    """A model.json whose default_recipe was edited by hand (the card's sha256 covers the
+    graph only) was timed, then a pydantic traceback where the card's tiling was read
+    (new-user review, session 52); a server loading it refuses it by its recipe."""
+    package = tmp_path / "deeppcb" / "9"
+    shutil.copytree(MODELS / "deeppcb" / "1", package)
+    card = json.loads((package / "model.json").read_text())
+    card["default_recipe"] = {**card.get("default_recipe", {}), **recipe}
+    (package / "model.json").write_text(json.dumps(card))
+    out = _refused(["bench", "model", str(package), *mode], "its card's default_recipe")
+    assert "|" not in out  # refused before any figure was timed

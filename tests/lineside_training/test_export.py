@@ -365,6 +365,58 @@ def test_overwrite_replaces_only_a_package_or_an_empty_folder(tmp_path: Path) ->
     assert check_out(inside, False, run=run) == inside
 
 
+def test_an_out_that_is_a_symbolic_link_is_refused_before_any_work(tmp_path: Path) -> None:
+    """--out a link to a package with --overwrite failed after the whole export ("Cannot
+    call rmtree on a symbolic link"), a dangling link with the temp folder's name ("Not a
+    directory"): each is refused first, naming the link and its target, which is left
+    as it was (new-user review, session 52)."""
+    run = tmp_path / "runs" / "det"
+    run.mkdir(parents=True)
+    (run / "best.pt").write_bytes(b"weights")
+    pkg = tmp_path / "models" / "det" / "1"
+    pkg.mkdir(parents=True)
+    (pkg / "model.json").write_text("{}")
+    link, dangling = tmp_path / "models" / "det" / "current", tmp_path / "models" / "det" / "2"
+    link.symlink_to("1")
+    dangling.symlink_to(tmp_path / "nowhere")
+    for out, target in ((link, "1"), (dangling, str(tmp_path / "nowhere"))):
+        for overwrite in (False, True):
+            with pytest.raises(ConfigError, match=rf"--out .*: a symbolic link \(to {re.escape(target)}\)"):
+                check_out(out, overwrite, run=run)
+    assert (pkg / "model.json").read_text() == "{}" and link.is_symlink()
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(link), "--overwrite"])
+    assert res.exit_code == 2 and "a symbolic link" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_a_data_of_other_classes_or_no_images_is_refused_before_any_work(
+        evaluated: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """--data of a set whose classes are not the run's was a KeyError traceback from the
+    parity gate; of a set with no images, a package whose parity gate compared 0 images
+    ("parity_images": 0), and with --int8 onnxruntime's "No data is collected" traceback
+    (new-user review, session 52). The run is an evaluated one: with thresholds, nothing
+    else stopped it."""
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "images").symlink_to(SAMPLE / "images")
+    (other / "annotations.json").write_text(json.dumps(
+        {**doc, "categories": [{**c, "name": c["name"] + "x"} for c in doc["categories"]]}))
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "annotations.json").write_text(json.dumps({**doc, "images": [], "annotations": []}))
+    models = tmp_path / "models"
+    for data, why in ((other, r"dataset classes \['openx'"), (empty, "the dataset has no images")):
+        for int8 in (False, True):
+            with pytest.raises(ConfigError, match=why):
+                export(evaluated[0], models / "tiny" / "1", data=data, int8=int8)
+    assert not models.exists()  # refused before anything was written
+    res = CliRunner().invoke(app, ["export", str(evaluated[0]), "--out", str(models / "t" / "1"),
+                                   "--data", str(other)])
+    assert res.exit_code == 2 and "not among the run's" in res.output, res.output
+    assert "Traceback" not in res.output
+
+
 def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(
         evaluated: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     """A resumed run's new best.pt kept the thresholds.json and report of the checkpoint

@@ -320,6 +320,28 @@ def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
     return tiling
 
 
+def export_records(dataset: Any, class_names: list[str]) -> list[ImageRecord]:
+    """The images the parity gate, thresholds and lower-precision checks of an export run
+    on: ``dataset``'s val split, or all its images when it has none; refused before any
+    work when there are none, or when it holds a class the model does not know. A
+    ``--data`` of other classes was a KeyError traceback from the parity gate, and one of
+    no images shipped a package its parity gate had compared on 0 images, or an --int8
+    traceback from onnxruntime's calibration ("No data is collected") (session 52)."""
+    unknown = [c for c in dataset.categories if c not in class_names]
+    if unknown:
+        raise ConfigError(
+            f"{dataset.root}: dataset classes {unknown[:10]} are not among the run's "
+            f"{class_names}: export checks the package on images of the model's own classes; "
+            "give --data a dataset of them (or leave --data out: the run's own)")
+    val = dataset.in_split("val") or dataset.images
+    if not val:
+        raise ConfigError(
+            f"{dataset.root}: the dataset has no images: export's parity gate (and --int8's "
+            "calibration) runs on its val images (all of them without a val split); give "
+            "--data a dataset with images (or leave --data out: the run's own)")
+    return list(val)
+
+
 def export(
     run: str | Path,
     out: str | Path,
@@ -352,8 +374,8 @@ def export(
     cfg = trained.config
     name, version = package_name(out, name, version, cfg.name)  # before any work
     dataset = read_dataset(data or trained.data)
+    val = export_records(dataset, trained.class_names)  # before any work
     tiling = tiling_for(trained, tile, overlap, dataset)  # before any work
-    val = dataset.in_split("val") or dataset.images
     thresholds = trained.thresholds
     notes: list[str] = []
     if thresholds is None and not any(r.boxes for r in val):

@@ -44,12 +44,20 @@ def check_out(out: str | Path, overwrite: bool, *, run: str | Path) -> Path:
     """``out`` as a path, refused before anything is written when replacing it could lose
     work: an existing folder is replaced only with ``overwrite``, and then only if it is a
     model package or empty; a folder that is or holds ``run`` (the run being exported,
-    whose checkpoints the package is made from) never."""
+    whose checkpoints the package is made from) never, nor a symbolic link."""
     out = Path(out)
     real, run_real = out.resolve(), Path(run).resolve()
     if run_real.is_relative_to(real):
         raise ConfigError(f"--out {out}: it holds the run being exported; give the package "
                           "a folder of its own (models/NAME/VERSION)")
+    if out.is_symlink():
+        # written beside it and renamed into place, a package cannot go through a link: one
+        # to a package failed after the whole export ("Cannot call rmtree on a symbolic
+        # link"), a dangling one named the temp folder ("Not a directory"); and the card's
+        # name and version come from the link's path, not the folder's (session 52)
+        raise ConfigError(f"--out {out}: a symbolic link (to {os.readlink(out)}): a package "
+                          "is written as a folder of its own, not through a link; give the "
+                          "folder itself (models/NAME/VERSION) or a new one")
     if not out.exists():
         return out
     if not out.is_dir():
