@@ -49,7 +49,7 @@ class Running:
 
     def client(self, role: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {ROLE_KEYS[role]}"} if role else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
+        return httpx.Client(base_url=self.url, headers=headers, **{"timeout": 60, **kw})
 
 
 def start_server(settings: Settings) -> tuple[Running, Callable[[], None]]:

@@ -277,21 +277,24 @@ def test_a_shadow_whose_process_dies_is_stopped_in_the_audit_log(launch: Callabl
     import signal
 
     srv = server(launch, variants, lifecycle={"shadow": {"queue": 16}})
-    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+    # a shadow's process is spawned twice and loads its model each time: generous waits on
+    # a loaded 2-core CI host (the server's own START_TIMEOUT_S is 120 s)
+    with srv.client("line") as line, srv.client("reviewer") as rev, \
+            srv.client("admin", timeout=180) as admin:
         load(admin, variants / "deeppcb" / "jumpy")
         r = admin.post("/v1/models/deeppcb/shadow", json={"version": "jumpy", "sample_rate": 1.0})
         assert r.status_code == 200 and r.json()["running"], r.text
         inspect(line, DEFECTIVE[:2])
         _until(lambda: rev.get("/v1/models/deeppcb/shadow").json()["compared"] == 2,
-               "the shadow to judge two frames")
+               "the shadow to judge two frames", 120)
         session = srv.app.state.lifecycle.shadow.session("deeppcb")
         os.kill(session.process.pid, signal.SIGKILL)
         s = _until(lambda: not (s := rev.get("/v1/models/deeppcb/shadow").json())["running"] and s,
-                   "the shadow to stop")
+                   "the shadow to stop", 120)
         assert s["stopped_at"] and s["compared"] == 2
         stop = _until(lambda: next((e for e in rev.get("/v1/audit").json()["items"]
                                     if e["action"] == "shadow_stop"), None),
-                      "the stop in the audit log")
+                      "the stop in the audit log", 120)
         assert (stop["actor"], stop["version"]) == ("lineside", "jumpy"), stop
         assert "its process ended (exit code -9)" in stop["reason"], stop
         assert stop["details"]["run_id"] == s["run_id"] and stop["details"]["compared"] == 2
@@ -361,6 +364,49 @@ def test_a_promotion_past_its_bounds_rolls_back(launch: Callable[..., Running],
         r = admin.post("/v1/models/deeppcb/rollback")
         assert r.status_code == 422 and "no earlier version" in r.json()["error"]["message"]
         assert admin.get("/v1/models").json()[0]["active"] == "1"
+
+
+
+def _decided(c: httpx.Client) -> dict[str, Any]:
+    """The watch once it has counted and decided after this call (two checks on): a
+    decision that is not coming is an answer, not a time-out."""
+    first = c.get("/v1/models/deeppcb/rollout").json()["checks"]
+
+    def decided() -> dict[str, Any] | None:
+        w: dict[str, Any] = c.get("/v1/models/deeppcb/rollout").json()
+        return w if w["state"] != "watching" or w["checks"] >= first + 2 else None
+
+    return _until(decided, "two checks of the watch")
+
+
+def test_a_promotion_after_a_version_failing_two_thirds_still_rolls_back(
+        launch: Callable[..., Running], variants: Path) -> None:
+    """A line whose version failed two thirds of its parts (the demo's sample boards): the
+    bound max(previous x 1.5, previous + 5 points) was 100%, and a candidate failing every
+    part kept running (session 52). Its pass rate fallen below the previous one / 1.5
+    rolls it back now."""
+    srv = server(launch, variants, store_pass_rate=1.0, lifecycle={"rollout": {
+        "min_inspections": 4, "watch_inspections": 50, "check_interval_s": 0.1}})
+    with srv.client("line") as line, srv.client("reviewer") as rev, srv.client("admin") as admin:
+        before = inspect(line, DEFECTIVE[:4] + GOOD[:2])
+        assert [r["verdict"] for r in before] == ["fail"] * 4 + ["pass"] * 2  # 67%
+        for r in before:
+            rev.post(f"/v1/inspections/{r['id']}/reviews", json={"action": "confirm"})
+        assert admin.post("/v1/golden/line", json={}).status_code == 200
+        load(admin, variants / "deeppcb" / "jumpy")
+        r = admin.post("/v1/models/deeppcb/promote", json={
+            "version": "jumpy", "golden": "line", "force": True, "reason": "a high-fail line"})
+        assert r.status_code == 200, r.text
+        assert r.json()["rollout"]["baseline_fail_rate"] == pytest.approx(2 / 3)
+        judged = inspect(line, DEFECTIVE[:4])
+        assert {(j["model"]["version"], j["verdict"]) for j in judged} == {("jumpy", "fail")}
+        watch = _decided(rev)
+        assert watch["state"] == "rolled_back", watch
+        assert "fail rate 100.0% over 4 inspections" in watch["why"]
+        assert "above the bound 77.8%" in watch["why"] and "66.7%" in watch["why"]
+        assert admin.get("/v1/models").json()[0]["active"] == "1"
+        log = rev.get("/v1/audit", params={"model": "deeppcb"}).json()["items"]
+        assert log[0]["action"] == "auto_rollback" and log[0]["reason"] == watch["why"]
 
 
 def test_capture_keeps_near_threshold_passes_to_label_within_the_cap(
@@ -697,6 +743,27 @@ def test_the_fail_rate_alarm_needs_no_store_and_can_be_off(
     with off.client("admin") as admin:
         r = admin.get("/v1/alarms")
         assert r.status_code == 404 and "fail_rate_alarm.enabled" in r.json()["error"]["message"]
+
+
+
+def test_a_line_that_usually_fails_two_thirds_raises_the_alarm_when_it_fails_all(
+        launch: Callable[..., Running], variants: Path) -> None:
+    """The bound max(usual x 2, usual + 5 points) was 133% at a usual two thirds: such a line
+    never raised the alarm, failing every part (session 52). Its pass rate halved does."""
+    srv = server(launch, variants, store=False,
+                 lifecycle={"fail_rate_alarm": {"baseline_inspections": 6, "window": 4}})
+    with srv.client("line") as line, srv.client("reviewer") as rev:
+        learned = inspect(line, DEFECTIVE[:4] + GOOD[:2])
+        assert [r["verdict"] for r in learned] == ["fail"] * 4 + ["pass"] * 2
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        assert track["usual_fail_rate"] == pytest.approx(2 / 3)
+        assert track["bound"] == pytest.approx(5 / 6)  # 1 - (1/3) / 2
+        inspect(line, DEFECTIVE[:3])  # 3 of 4 fail: 75%, within the bound
+        assert rev.get("/v1/alarms").json()["items"][0]["state"] == "ok"
+        inspect(line, DEFECTIVE[3:4])  # every one of the last 4 fails
+        (track,) = rev.get("/v1/alarms").json()["items"]
+        assert track["state"] == "alarm" and track["recent_fail_rate"] == 1.0, track
+        assert "fail rate 100.0% over the last 4 inspections, above the bound 83.3%" in track["why"]
 
 
 def test_the_fail_rate_alarm_resumes_after_a_restart(tmp_path: Path, variants: Path) -> None:

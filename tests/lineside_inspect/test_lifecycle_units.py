@@ -17,7 +17,7 @@ import pytest
 
 from lineside_inspect.errors import GoldenSetError, NotFoundError
 from lineside_inspect.lifecycle.capture import CapturePolicy
-from lineside_inspect.lifecycle.config import CaptureSettings, RolloutSettings
+from lineside_inspect.lifecycle.config import CaptureSettings, RolloutSettings, bound_of
 from lineside_inspect.lifecycle.gate import Found, decide, matched_boxes, replay, rules_of, score
 from lineside_inspect.lifecycle.golden import (
     Candidate,
@@ -420,6 +420,38 @@ def test_rollout_bounds() -> None:
     assert state == "complete" and "not compared" in why  # no baseline: said so
 
 
+
+def test_a_rollout_after_a_version_that_failed_most_parts_still_rolls_back() -> None:
+    """``max(previous x 1.5, previous + 5 points)`` reached 100% at a previous fail rate of
+    two thirds (the demo camera's sample boards): a version failing every part was never
+    rolled back on its fail rate (session 52). The pass rate's side judges it now; the
+    low rates keep their bound, and the absolute margin stays."""
+    b = RolloutSettings(min_inspections=50, watch_inspections=500)  # x1.5, +5 points
+    later = datetime.now(UTC) + timedelta(seconds=b.min_watch_s + 60)
+    # previous 67%: bound 1 - 33% / 1.5 = 78% (it was 100.5%)
+    assert bound_of(0.67, b) == pytest.approx(0.78)
+    state, why = judge_watch(_watch(50, 50, base_n=300, base_fails=201), b)
+    assert state == "rolled_back" and "100.0%" in why and "78.0%" in why, why
+    assert judge_watch(_watch(50, 39, base_n=300, base_fails=201), b)[0] == "watching"  # 78%
+    assert judge_watch(_watch(50, 40, base_n=300, base_fails=201), b)[0] == "rolled_back"
+    # previous 80%: a pass rate of 20% -> under 13.3% rolls back (fail rate over 86.7%)
+    assert judge_watch(_watch(50, 43, base_n=500, base_fails=400), b)[0] == "watching"
+    assert judge_watch(_watch(50, 44, base_n=500, base_fails=400), b)[0] == "rolled_back"
+    # previous 90%: 1 - 10% / 1.5 = 93.3% is under +5 points, which holds: 95%
+    assert bound_of(0.9, b) == pytest.approx(0.95)
+    # the usual low rates: the bound is what it was (2% -> 7%, 10% -> 15%, 30% -> 45%)
+    for prev, bound in ((0.0, 0.05), (0.02, 0.07), (0.1, 0.15), (0.3, 0.45), (0.4, 0.6)):
+        assert bound_of(prev, b) == pytest.approx(bound)
+    # the margin holds on both sides: a ratio of 1 is the margin alone, not a hair trigger
+    one = RolloutSettings(max_fail_rate_ratio=1, max_fail_rate_increase=0.05)
+    assert [bound_of(p, one) for p in (0.02, 0.67)] == pytest.approx([0.07, 0.72])
+    # at 95% or more even a version failing every part is within +5 points: said at the end
+    state, why = judge_watch(_watch(500, 500, base_n=500, base_fails=480), b, later)
+    assert state == "complete" and "failed 96.0%" in why and "could not roll it back" in why
+    state, why = judge_watch(_watch(500, 50, base_n=500, base_fails=50), b, later)
+    assert state == "complete" and "could not" not in why
+
+
 # -- capture --------------------------------------------------------------------------------
 def _inspection(scores: list[float], labels: list[int], counted: list[int]) -> Any:
     names = ["open", "short", "spur"]
@@ -481,6 +513,34 @@ def test_the_fail_rate_bound_and_its_hysteresis() -> None:
     assert not judge_rate(0.02, 0.07, False, s) and judge_rate(0.02, 0.0701, False, s)
     # raised at 7%: stays until halfway back (4.5%)
     assert judge_rate(0.02, 0.05, True, s) and not judge_rate(0.02, 0.045, True, s)
+
+
+def test_the_fail_rate_alarm_is_raised_on_a_line_that_usually_fails_half_its_parts() -> None:
+    """``max(usual x 2, usual + 5 points)`` reached 100% at a usual rate of one half: such a
+    line never raised an alarm, even failing every part (session 52). The pass rate
+    halving raises it now; below a usual third the bound is what it was."""
+    from lineside_inspect.lifecycle.alarm import FailRateAlarm, bound_of, judge_rate
+    from lineside_inspect.lifecycle.config import FailRateAlarmSettings
+
+    s = FailRateAlarmSettings()  # x2, +5 points
+    assert bound_of(0.6, s) == pytest.approx(0.8)  # 1 - 40% / 2 (it was 120%)
+    assert judge_rate(0.6, 0.81, False, s) and not judge_rate(0.6, 0.8, False, s)
+    assert judge_rate(0.6, 0.71, True, s) and not judge_rate(0.6, 0.7, True, s)  # clears at 70%
+    for usual, bound in ((0.01, 0.06), (0.02, 0.07), (0.05, 0.1), (0.2, 0.4), (1 / 3, 2 / 3)):
+        assert bound_of(usual, s) == pytest.approx(bound)
+    assert bound_of(0.95, s) == pytest.approx(1.0)  # the margin: 95% and over stay blind
+
+    # through the alarm itself: 2 fails of 3 learned as usual (bound 5/6), then every part fails
+    changes: list[str] = []
+    alarm = FailRateAlarm(FailRateAlarmSettings(baseline_inspections=6, window=6),
+                          on_change=lambda c: changes.append(c.state))
+    r = Recipe(name="r", model="m")
+    for verdict in ["fail", "fail", "pass"] * 2 + ["fail"] * 6:
+        alarm.offer(_judged(r, "1", verdict))
+    (track,) = alarm.status()
+    assert track["usual_fail_rate"] == pytest.approx(2 / 3) and track["recent_fail_rate"] == 1
+    assert track["bound"] == pytest.approx(5 / 6) and track["state"] == "alarm"
+    assert changes == ["alarm"]
 
 
 def test_the_fail_rate_alarm_learns_afresh_per_model_version_and_recipe_content() -> None:
@@ -953,12 +1013,15 @@ def test_after_a_restart_an_alarm_is_said_with_its_rates_of_now_and_can_be_relea
     assert told[-1][0] == "cleared" and "relearned by ann" in told[-1][1]
     again.offer(_judged(r1, "1", "fail"))
     assert again.track("r").state == "learning" and len(told) == 2  # nothing more to say
-    # a usual rate that can never raise the alarm is said once
-    lazy = Recipe(name="z", model="m", usual_fail_rate=0.6)
+    # a usual rate that can never raise the alarm is said once: within the margin (20
+    # points) of 100%; 60% is not one any more (its pass rate halved: 80%, session 52)
+    lazy = Recipe(name="z", model="m", usual_fail_rate=0.85)
     for _ in range(3):
         again.offer(_judged(lazy, "1", "pass"))
     assert caplog.text.count("its alarm cannot be raised") == 1
-    assert "usual fail rate 60.0%, given by the recipe" in caplog.text
+    assert "usual fail rate 85.0%, given by the recipe" in caplog.text
+    again.offer(_judged(Recipe(name="y", model="m", usual_fail_rate=0.6), "1", "pass"))
+    assert caplog.text.count("its alarm cannot be raised") == 1
     with pytest.raises(ValueError, match="usual_fail_rate"):
         Recipe.model_validate({"name": "t", "model": "m", "usual_fail_rate": True})
     with pytest.raises(ValueError, match="usual_fail_rate"):

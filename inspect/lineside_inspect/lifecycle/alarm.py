@@ -14,7 +14,9 @@ good-only model fused with it; any change starts afresh):
 - its first ``baseline_inspections`` inspections learn its usual fail rate;
 - from then on, after every inspection, its fail rate over its last ``window``
   inspections (the baseline's last ones among them, until newer ones replace them) is
-  compared with ``bound = max(usual x max_fail_rate_ratio, usual + max_fail_rate_increase)``:
+  compared with ``bound = max(usual + max_fail_rate_increase, min(usual x
+  max_fail_rate_ratio, 1 - (1 - usual) / max_fail_rate_ratio))`` (the fail rate grown by
+  the ratio, or the pass rate shrunk by it; :func:`~lineside_inspect.lifecycle.config.bound_of`):
   above it, the recipe is in alarm;
 - the alarm clears when that rate falls to halfway between the usual rate and the bound
   or below (a rate hovering at the bound does not flap).

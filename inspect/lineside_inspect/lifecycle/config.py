@@ -61,7 +61,9 @@ class RolloutSettings(_Section):
         "... and at least this many seconds: reviewers need time to confirm false rejects, "
         "which can still roll it back"))
     max_fail_rate_ratio: float = Field(1.5, ge=1, description=(
-        "roll back when the new fail rate exceeds the previous model's times this ..."))
+        "roll back when the new fail rate exceeds the previous model's times this, or its "
+        "pass rate falls below the previous one divided by this (whichever is reached "
+        "first) ..."))
     max_fail_rate_increase: float = Field(0.05, ge=0, le=1, description=(
         "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))
     max_false_rejects: int = Field(2, ge=0, description=(
@@ -96,7 +98,8 @@ class FailRateAlarmSettings(_Section):
         "once learned, its fail rate over its last this many inspections (the baseline's "
         "last among them) is compared with it after every inspection"))
     max_fail_rate_ratio: float = Field(2.0, ge=1, le=100, description=(
-        "alarm when the recent fail rate exceeds the usual one times this ..."))
+        "alarm when the recent fail rate exceeds the usual one times this, or the recent "
+        "pass rate falls below the usual one divided by this (whichever is reached first) ..."))
     max_fail_rate_increase: float = Field(0.05, gt=0, le=1, description=(
         "... and also exceeds it by this much (absolute), so a near-zero rate does not trip it"))
     save_every_s: float = Field(10.0, ge=0, le=3600, description=(
@@ -120,6 +123,16 @@ class FailRateBounds(Protocol):
 
 def bound_of(usual: float, bounds: FailRateBounds) -> float:
     """The fail rate above which a watched rollout rolls back and a recipe is in alarm, for
-    a usual (previous) rate ``usual``: ``max(usual x ratio, usual + increase)``, the
-    absolute margin keeping a near-zero rate from being a hair trigger."""
-    return max(usual * bounds.max_fail_rate_ratio, usual + bounds.max_fail_rate_increase)
+    a usual (previous) rate ``usual``:
+    ``max(usual + increase, min(usual x ratio, 1 - (1 - usual) / ratio))``.
+
+    Above it the fail rate rose by the absolute margin (which keeps a near-zero rate from
+    being a hair trigger, and a high one too: a ratio of 1 is the margin alone) and either
+    grew ``ratio`` times or the pass rate shrank ``ratio`` times, whichever is reached
+    first. The pass rate's side is what judges a high usual rate: ``usual x ratio`` alone
+    reached 100% at a usual rate of ``1 / ratio`` (two thirds at x1.5, half at x2), and a
+    version failing every part was never above it (session 52). Below the rate where the
+    two sides cross (40% at x1.5, a third at x2) the bound is ``max(usual x ratio, usual +
+    increase)`` as before; it reaches 100% only at a usual rate of ``1 - increase``."""
+    r = bounds.max_fail_rate_ratio
+    return max(usual + bounds.max_fail_rate_increase, min(usual * r, 1 - (1 - usual) / r))

@@ -5,7 +5,9 @@ version are counted; past a bound the previous version comes back by itself.
 The bounds (``lifecycle.rollout`` settings, docs/lifecycle.md):
 
 - once the new version made ``min_inspections`` inspections, its fail rate may be at most
-  ``max(previous x max_fail_rate_ratio, previous + max_fail_rate_increase)``, the previous
+  ``max(previous + max_fail_rate_increase, min(previous x max_fail_rate_ratio,
+  1 - (1 - previous) / max_fail_rate_ratio))`` (:func:`~lineside_inspect.lifecycle.config.bound_of`:
+  the fail rate grown by the ratio, or the pass rate shrunk by it), the previous
   rate taken over its last ``baseline_inspections`` inspections of the recipe before the
   promotion (no previous inspections: this bound is not applied, and said so);
 - reviewers may mark at most ``max_false_rejects`` of its fails as false rejects.
@@ -82,6 +84,10 @@ def judge_watch(w: Watch, bounds: RolloutSettings, now: datetime | None = None) 
     elapsed = ((now or datetime.now(UTC)) - w.started_at).total_seconds()
     if w.inspections >= bounds.watch_inspections and elapsed >= bounds.min_watch_s:
         note = "" if w.baseline_inspections else " (no earlier inspections: fail rate not compared)"
+        if w.baseline_inspections and bound_of(base := w.baseline_fails / w.baseline_inspections,
+                                               bounds) >= 1:
+            note = (f" (version {w.previous} failed {base:.1%}: a bound of 100% or more, the "
+                    "fail rate could not roll it back)")
         return "complete", (f"{w.inspections} inspections in {elapsed / 60:.0f} min within the "
                             "bounds: fail rate "
                             f"{w.fails / w.inspections:.1%}, {w.false_rejects} false rejects{note}")
