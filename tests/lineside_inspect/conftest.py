@@ -186,6 +186,14 @@ def image_bytes() -> bytes:
     return next((SAMPLE / "images").rglob("*_test.jpg")).read_bytes()
 
 
+def numbered(jpeg: bytes, n: int) -> bytes:
+    """``jpeg`` with a comment segment naming ``n`` after its start marker: the same pixels,
+    another file (a camera stamping its frame counter). `data pull` pulls byte-identical
+    frames once (session 52), so a test of n inspections sends n files."""
+    text = f"frame {n}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
 def _initdb() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1] if found else None

@@ -3,6 +3,7 @@ export, gate, promote), session 36: what it found in the pull and the lifecycle.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,18 @@ from lineside_inspect.runtime.types import Detections
 from lineside_inspect.store import Store
 from lineside_inspect.store.pull import pull_from_store
 
-from .conftest import MODEL
-from .test_store import _inspection
+from .conftest import MODEL, numbered
+from .test_store import _inspection as _same_picture
+
+_made = itertools.count()
+
+
+def _inspection(detector: Detector, verdict: str) -> Any:
+    """A stored inspection of the sample's picture, its file its own (numbered): a pull
+    takes byte-identical frames once (session 52)."""
+    made = _same_picture(detector, verdict)
+    made.raw = numbered(made.raw, next(_made))
+    return made
 
 
 @pytest.fixture(scope="module")

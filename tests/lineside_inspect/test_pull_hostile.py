@@ -14,6 +14,8 @@ import pytest
 from lineside_inspect.errors import ConfigError, DatasetError
 from lineside_inspect.store.pull import pull_from_server
 
+from .conftest import numbered
+
 
 def _item(iid: str) -> dict[str, object]:
     return {"id": iid, "created_at": "2026-12-01T00:00:00+00:00", "verdict": "fail",
@@ -62,8 +64,8 @@ def test_a_stored_camera_id_that_is_not_a_name_does_not_sink_the_pull(
     ids = []
     with srv.client("line") as c:
         for _ in range(len(BAD_CAMERAS) + 1):
-            r = c.post("/v1/inspect", params={"camera_id": "cam1"}, content=image_bytes,
-                       headers={"content-type": "image/jpeg"})
+            r = c.post("/v1/inspect", params={"camera_id": "cam1"},
+                       content=numbered(image_bytes, len(ids)), headers={"content-type": "image/jpeg"})
             assert r.status_code == 200 and r.json()["stored"], r.text
             ids.append(r.json()["id"])
     store = srv.app.state.store
@@ -141,12 +143,21 @@ class _Scripted:
         self.server.server_close()
 
 
-def _png(width: int, height: int) -> bytes:
+def _png(width: int, height: int, tag: str = "") -> bytes:
+    """A black image; with ``tag`` its first pixels are its sha256's bytes: one picture per
+    tag (`data pull` pulls byte-identical frames once, session 52)."""
+    import hashlib
+
     import numpy as np
 
     from lineside_inspect.opencv import cv2
 
-    return bytes(cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1])
+    image = np.zeros((height, width, 3), np.uint8)
+    if tag:
+        flat = image.reshape(-1)
+        stamp = np.frombuffer(hashlib.sha256(tag.encode()).digest(), np.uint8)
+        flat[:min(len(flat), len(stamp))] = stamp[:len(flat)]
+    return bytes(cv2.imencode(".png", image)[1])
 
 
 def _ids(n: int, start: int = 0) -> list[str]:
@@ -160,7 +171,7 @@ def test_a_pull_takes_each_inspection_once_when_pages_shift(tmp_path: Path) -> N
 
     ids = _ids(3)
     pages = {0: [_item(i) for i in ids[:2]], 2: [_item(i) for i in ids[1:]]}  # ids[1] again
-    srv = _Scripted(lambda o: pages.get(o, []), lambda _: _png(8, 8), total=3)
+    srv = _Scripted(lambda o: pages.get(o, []), lambda path: _png(8, 8, path), total=3)
     try:
         ds = pull_from_server(srv.url, tmp_path / "pulled")
     finally:
@@ -181,7 +192,7 @@ def test_a_server_of_a_release_before_until_is_paged_by_offset(
     items = [{**_item(i), "created_at": f"2026-12-01T00:00:{59 - n:02d}+00:00"}
              for n, i in enumerate(ids)]
     monkeypatch.setattr(pull, "PAGE", 2)
-    srv = _Scripted(lambda o: items[o:o + 2], lambda _: _png(8, 8), total=5)
+    srv = _Scripted(lambda o: items[o:o + 2], lambda path: _png(8, 8, path), total=5)
     try:
         ds = pull_from_server(srv.url, tmp_path / "pulled")
         # nor part_id (session 48): every part's inspections were pulled as one part's
@@ -226,7 +237,7 @@ def test_a_server_sending_one_page_again_and_again_is_stopped(tmp_path: Path,
         lists.append(offset)
         return items if len(lists) < 30 else []  # (without the check: ends, "pulled")
 
-    srv = _Scripted(page, lambda _: _png(8, 8), total=10**9)
+    srv = _Scripted(page, lambda path: _png(8, 8, path), total=10**9)
     try:
         with pytest.raises(ConfigError, match="sent again a page it had sent"):
             pull_from_server(srv.url, tmp_path / "pulled")
@@ -259,7 +270,7 @@ def test_a_server_before_until_gaining_rows_mid_pull_is_pulled_whole(
             items[:0] = added
         return items[offset:offset + 2]
 
-    srv = _Scripted(page, lambda _: _png(8, 8), total=lambda: len(items))
+    srv = _Scripted(page, lambda path: _png(8, 8, path), total=lambda: len(items))
     try:
         ds = pull_from_server(srv.url, tmp_path / "pulled")
     finally:
@@ -276,7 +287,7 @@ def test_an_inspection_dated_out_of_range_in_utc_is_one_line(tmp_path: Path,
     """The next page is asked for up to just past the oldest time listed, in UTC: a date
     with no such time was an OverflowError traceback ("date value out of range")."""
     items = [{**_item(i), "created_at": when} for i in _ids(2)]
-    srv = _Scripted(lambda o: items if o == 0 else [], lambda _: _png(8, 8), total=2)
+    srv = _Scripted(lambda o: items if o == 0 else [], lambda path: _png(8, 8, path), total=2)
     try:
         with pytest.raises(ConfigError, match=f"is dated {when[:4]}.*out of range in UTC"):
             pull_from_server(srv.url, tmp_path / "pulled")
@@ -295,9 +306,9 @@ def test_an_inspection_whose_image_is_broken_is_left_out(
     ids = _ids(5)
     with_golden = {**_item(ids[4]), "reference": {"name": None, "sha256": "0" * 64,
                                                    "has_image": True}}
-    images = {f"{ids[0]}/image": _png(8, 8), f"{ids[1]}/image": b"\x89PNG not",
-              f"{ids[2]}/image": _png(10, 10), f"{ids[3]}/image": _png(8, 8),
-              f"{ids[4]}/image": _png(8, 8), f"{ids[4]}/reference": b"\xff\xd8\xff\xd9"}
+    images = {f"{ids[0]}/image": _png(8, 8, "0"), f"{ids[1]}/image": b"\x89PNG not",
+              f"{ids[2]}/image": _png(10, 10), f"{ids[3]}/image": _png(8, 8, "3"),
+              f"{ids[4]}/image": _png(8, 8, "4"), f"{ids[4]}/reference": b"\xff\xd8\xff\xd9"}
     srv = _Scripted(lambda o: [*map(_item, ids[:4]), with_golden] if o == 0 else [],
                     lambda path: images[path], total=5)
     try:
@@ -392,7 +403,7 @@ def test_boxes_are_clipped_to_the_image_and_empty_ones_left_out(tmp_path: Path) 
     item = {**_item(_ids(1)[0]), "defects": [
         {"label": "open", "score": 0.9, "box": [8.0, 1.0, 8.0, 5.0]},
         {"label": "open", "score": 0.9, "box": [0.0, 0.0, 8.9, 8.0]}]}
-    srv = _Scripted(lambda o: [item] if o == 0 else [], lambda _: _png(8, 8), total=1)
+    srv = _Scripted(lambda o: [item] if o == 0 else [], lambda path: _png(8, 8, path), total=1)
     try:
         pull_from_server(srv.url, tmp_path / "pulled")
     finally:
@@ -419,7 +430,7 @@ def test_only_a_killed_pulls_staging_is_removed(tmp_path: Path) -> None:
     for name in (*kept, gone):
         (tmp_path / name).mkdir()
     srv = _Scripted(lambda o: [_item(i) for i in _ids(1)] if o == 0 else [],
-                    lambda _: _png(8, 8), total=1)
+                    lambda path: _png(8, 8, path), total=1)
     try:
         pull_from_server(srv.url, tmp_path / "pulled")
     finally:
@@ -444,9 +455,9 @@ def test_a_row_removed_from_a_page_already_read_costs_no_later_row(
     srv = launch(store_pass_rate=1.0)
     ids = []
     with srv.client("line") as c, srv.client("reviewer") as r:
-        for _ in range(6):
-            got = c.post("/v1/inspect", params={"camera_id": "cam1"}, content=image_bytes,
-                         headers={"content-type": "image/jpeg"})
+        for n in range(6):
+            got = c.post("/v1/inspect", params={"camera_id": "cam1"},
+                         content=numbered(image_bytes, n), headers={"content-type": "image/jpeg"})
             assert got.status_code == 200 and got.json()["stored"], got.text
             ids.append(got.json()["id"])
         srv.app.state.store.flush()

@@ -6,6 +6,7 @@ the other rows (review, session 40)."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,10 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store import Store
 from lineside_inspect.store import stats as figures
 
+from .conftest import numbered
 from .test_store import MODEL, _inspection
+
+_FRAMES = itertools.count()  # each frame a file of its own
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +32,9 @@ def fail() -> Inspection:
 
 def _fails(store: Store, base: Inspection, n: int, when: datetime) -> list[str]:
     ids = [uuid.uuid4().hex for _ in range(n)]
-    for iid in ids:
-        assert store.save(dataclasses.replace(base, id=iid, created_at=when))
+    for iid in ids:  # (each its own file: a pull takes byte-identical frames once)
+        assert store.save(dataclasses.replace(base, id=iid, created_at=when,
+                                              raw=numbered(base.raw or b"", next(_FRAMES))))
     store.flush()
     return ids
 

@@ -30,6 +30,7 @@ from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
+from lineside_inspect.dataset.duplicates import DuplicateGroup
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -297,6 +298,8 @@ class _Placing:
         # end. Each was an INFO line `data pull` does not show, or none at all: a disk
         # cleanup's or retention's reviewed inspections left the set unsaid (session 52)
         self.imageless: dict[str, list[str]] = {}
+        # the pulled frames by the sha256 of their bytes as written (:meth:`_one_picture_once`)
+        self.pictures: dict[str, list[tuple[tuple[Any, ...], ImageRecord]]] = {}
 
     def first(self, inspection_id: str) -> bool:
         """Whether the inspection is new to this pull (a list's pages may repeat one)."""
@@ -322,6 +325,7 @@ class _Placing:
         if problem is None and golden is not None:
             problem, ref = self._golden_problem(item, golden)
         shift = _stored_shift(item) if golden is not None else None
+        aligned: Path | str | None = None
         if problem is None and isinstance(data, bytes) and golden is not None \
                 and shift is not None and shift != (0.0, 0.0):
             # (read once: its check read it for the first item naming it)
@@ -350,6 +354,48 @@ class _Placing:
             _with_reference(self.records, self.refs, rec, golden)
         else:
             self.records.append(rec)
+        # the bytes as written: as read, or the aligned frame's PNG
+        written = image.read_bytes() if isinstance(aligned, Path) else data
+        self.pictures.setdefault(hashlib.sha256(written if isinstance(written, bytes) else b"")
+                                 .hexdigest(), []).append((_last_word(item), rec))
+
+    def _one_picture_once(self) -> None:
+        """Of byte-identical pulled frames (one picture inspected twice: a line client's
+        retry of a timed-out request, a simulated camera looping its files, a PLC
+        re-trigger), the one whose latest review is newest, the reviewers' last word
+        (:func:`_last_word`), stays; the others are left out, each kind said in one line.
+        Both went in, and copies reviewed differently made `data validate` and `lineside
+        train` refuse the whole pulled set, the pull saying nothing (session 52); copies
+        labelled alike were reported as duplicates. Golden images (``references/``, one
+        many pairs share) are no frames: one whose pairs all went stays out with them."""
+        out: dict[bool, list[tuple[ImageRecord, ImageRecord]]] = {True: [], False: []}
+        for copies in self.pictures.values():
+            if len(copies) < 2:
+                continue
+            keep = max(copies, key=lambda c: c[0])[1]
+            for _, rec in copies:
+                if rec is not keep:  # (the validator's own rule for "labelled differently")
+                    out[DuplicateGroup("exact", [keep, rec]).labels_differ].append((rec, keep))
+        gone = {id(rec) for pairs in out.values() for rec, _ in pairs}
+        if not gone:
+            return
+        frames = [r for r in self.records if id(r) not in gone and r.file_name not in self.refs]
+        named = {r.reference for r in frames}
+        self.records = [r for r in self.records
+                        if id(r) not in gone and (r.file_name not in self.refs
+                                                  or r.file_name in named)]
+        if pairs := out[True]:
+            rec, keep = pairs[0]
+            log.warning("pull: %d inspection(s) left out, byte-identical copies of a picture "
+                        "inspected again and reviewed differently: the copy reviewed last is "
+                        "the reviewers' last word and is pulled (e.g. inspection %s [%s], a "
+                        "copy of inspection %s [%s]); if that was wrong, review it again",
+                        len(pairs), _stem(rec), _labels(rec), _stem(keep), _labels(keep))
+        if pairs := out[False]:
+            rec, keep = pairs[0]
+            log.warning("pull: %d inspection(s) left out, byte-identical copies of a picture "
+                        "inspected again and labelled alike: pulled once (e.g. inspection %s, "
+                        "a copy of inspection %s)", len(pairs), _stem(rec), _stem(keep))
 
     def _golden_problem(self, item: dict[str, Any], golden: Path) -> tuple[str | None, bytes | None]:
         """Why ``golden`` does not serve ``item`` (None: it does), and its bytes when they
@@ -384,6 +430,7 @@ class _Placing:
     def write(self, origin: str, dst: str | Path, overwrite: bool, asked: str = "") -> Dataset:
         """The dataset written to ``dst``, once what was left out is said (``asked``: the
         pull's filters, said if nothing matched them, :func:`_asked`)."""
+        self._one_picture_once()
         self.unaligned.say()
         for why, ids in self.unlearnable.items():
             log.warning("pull: %d inspection(s) left out, %s (e.g. inspection %s)",
@@ -398,6 +445,34 @@ class _Placing:
         left_out = len(self.skipped) + sum(map(len, self.unlearnable.values()))
         return write_dataset(_dataset(self.records, self.classes, origin, asked, left_out), dst,
                              overwrite=overwrite)
+
+
+def _last_word(item: dict[str, Any]) -> tuple[Any, ...]:
+    """What orders copies of one picture (:meth:`_Placing._one_picture_once`), the
+    largest kept: a reviewed one before any unreviewed (the model's word, with
+    ``--no-reviewed``), then the time of its latest review, then the review's id, then the
+    inspection's time and id (ties of a clock: the one made later)."""
+    reviews = item["reviews"]
+    last = reviews[-1] if reviews else None
+    return (last is not None, _when(last["created_at"]) if last else _when(None),
+            int(last["id"]) if last else -1, _when(item.get("created_at")), item["id"])
+
+
+def _when(value: Any) -> datetime:
+    """A JSON time as UTC (a time that does not read as one sorts first)."""
+    try:
+        return as_utc(datetime.fromisoformat(str(value)))
+    except (TypeError, ValueError, OverflowError):
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def _stem(rec: ImageRecord) -> str:
+    """The inspection id a pulled frame is named by."""
+    return Path(rec.file_name).stem
+
+
+def _labels(rec: ImageRecord) -> str:
+    return ", ".join(sorted(b.label for b in rec.boxes)) or "good"
 
 
 # why a listed inspection has no image to pull (:meth:`_Placing.no_image`)
