@@ -522,6 +522,7 @@ def preflight(settings: Settings) -> None:
         # a ModuleNotFoundError traceback from the start-up's store otherwise
         raise MissingExtraError("database_url names PostgreSQL, whose driver (psycopg) is not "
                                 "installed: " + install_hint("postgres"))
+    _check_temp_folder()
     if settings.store:
         # a URL that does not parse, a database down, a SQLite file that is damaged or
         # another program's: one line, not the start-up's traceback (the hub checked its
@@ -548,6 +549,23 @@ def preflight(settings: Settings) -> None:
         versions[card.version] = card
     for path in settings.recipes:
         _check_recipe(load_recipe(path), cards, pulled=settings.fleet.hub_url is not None)
+
+
+def _check_temp_folder() -> None:
+    """A folder for temporary files: a multipart upload over 1 MiB spools to one (starlette's
+    ``SpooledTemporaryFile``). With none (``docker run --read-only`` without ``--tmpfs /tmp``:
+    /tmp, /var/tmp and the working folder all read-only) the server started, answered small
+    frames, and each larger upload was a 500 with tempfile's traceback in the log (session
+    52): one line before anything is served instead."""
+    import tempfile
+
+    try:
+        tempfile.gettempdir()  # tries TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working folder
+    except OSError:
+        raise ConfigError(
+            "no folder for temporary files can be written (TMPDIR, /tmp, /var/tmp, /usr/tmp nor "
+            "the working folder): uploads over 1 MiB are spooled there; give the server one "
+            "(a container run with --read-only: add --tmpfs /tmp)") from None
 
 
 def _check_recipe(recipe: Recipe, cards: dict[str, dict[str, ModelCard]], *,

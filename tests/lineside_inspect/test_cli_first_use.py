@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,6 +327,48 @@ def test_a_postgresql_store_without_its_driver_is_one_line(
     res = CliRunner().invoke(app, ["serve", "--config", str(config), "--port", "9"])
     assert res.exit_code == 2, res.output
     assert "whose driver (psycopg) is not installed" in res.output and "postgres]" in res.output
+
+
+def test_no_writable_temporary_folder_is_one_line_before_serving(tmp_path: Path) -> None:
+    """``docker run --read-only`` without ``--tmpfs /tmp``: /tmp, /var/tmp and the working
+    folder read-only. The server started and answered small frames; every multipart upload
+    over 1 MiB (spooled to a temporary file) was a 500 with tempfile's traceback in the log
+    (session 52, the image under podman). Now one line at start naming what to add. A real
+    ``lineside serve`` in a private mount namespace where those folders are read-only."""
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "true"], capture_output=True).returncode:
+        pytest.skip("needs a private mount namespace (unshare -m, as root)")
+    config = _serve_yaml(tmp_path)
+    (tmp_path / "spool").mkdir()
+    folders = [d for d in ("/tmp", "/var/tmp", "/usr/tmp", str(tmp_path)) if os.path.isdir(d)]
+    read_only = " && ".join(f'mount --bind "{d}" "{d}" && mount -o remount,bind,ro "{d}"'
+                            for d in folders)
+    env = {k: v for k, v in os.environ.items() if k not in ("TMPDIR", "TEMP", "TMP")}
+
+    def serve(first: str, port: int) -> subprocess.CompletedProcess[str]:
+        run = (f'"{sys.executable}" -c "from lineside_inspect.cli import app; app()" '
+               f'serve --config "{config}" --host 127.0.0.1 --port {port}')
+        return subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                               f'{read_only} && {first} cd "{tmp_path}" && exec {run}'],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+    out = serve("", 9)
+    said = (out.stdout + out.stderr).strip()
+    assert out.returncode == 2, said
+    assert [line for line in said.splitlines() if " INFO " not in line] == [
+        "error: no folder for temporary files can be written (TMPDIR, /tmp, /var/tmp, /usr/tmp "
+        "nor the working folder): uploads over 1 MiB are spooled there; give the server one "
+        "(a container run with --read-only: add --tmpfs /tmp)"], said
+    # what the line says to do (a tmpfs of its own; here TMPDIR names it, as /tmp stays
+    # where this test's files are): past the check, to the port another holds
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        out = serve(f'mount -t tmpfs tmpfs "{tmp_path / "spool"}" && export TMPDIR="{tmp_path / "spool"}" &&',
+                    held.getsockname()[1])
+    said = (out.stdout + out.stderr).strip()
+    assert out.returncode == 2 and "cannot listen on 127.0.0.1:" in said, said
+    assert "temporary files" not in said and "Traceback" not in said, said
 
 
 def test_a_fused_recipe_pinning_a_good_only_version_not_configured_is_one_line(
