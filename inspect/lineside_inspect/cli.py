@@ -319,6 +319,7 @@ def data_split(
     """Assign train/val/test deterministically, keeping each group on one side."""
     from lineside_inspect.dataset import (
         check_split_args,
+        empty_split_reason,
         find_duplicates,
         read_dataset,
         save_annotations,
@@ -341,20 +342,11 @@ def data_split(
     duplicates = find_duplicates(dataset)
     counts = split_dataset(dataset, val=val, test=test, by=by, seed=seed, val_groups=chosen,
                            duplicates=duplicates)
-    wanted = {"train": 1 - val - test, "val": val, "test": test}
-    empty = [name for name, share in wanted.items() if share > 0 and not counts.get(name)]
-    n = len(dataset.images)
-    small = [name for name in empty if name != "train" and wanted[name] * n < 1]
-    if small:  # less than one image even one by one: the fraction, not the groups, is why
-        raise DatasetError(f"--{small[0]} {wanted[small[0]]:g} of {n} images is less than one "
-                           f"image: give --{small[0]} {math.ceil(100 / n) / 100:g} or more, or "
-                           "add images")
-    if empty:  # nothing saved: a split with no validation images trains blind
-        raise DatasetError(
-            f"the {' and '.join(empty)} split came out empty: the {n} images "
-            f"are tied into too few {'groups' if by == 'group' else 'units'} (a group, or "
-            "duplicates kept together); add images, give --by image, or check 'lineside data "
-            "validate' for duplicate groups")
+    # nothing saved when a split asked for came out empty: no validation images trains blind
+    reason = empty_split_reason(dataset, counts, val=val, test=test, by=by, seed=seed,
+                                duplicates=duplicates, val_groups=chosen)
+    if reason is not None:
+        raise DatasetError(reason)
     save_annotations(dataset)
     if by == "group":
         for line in tied_groups(duplicates):
@@ -364,6 +356,20 @@ def data_split(
                       "in annotations.json; VOC, YOLO and COCO files carry none), so images were "
                       "split one by one and photos of one part may sit on both sides",
                       highlight=False, markup=False)
+    n = len(dataset.images)
+    for name, want in (("val", 0.0 if chosen else val), ("test", test)):
+        share = counts.get(name, 0) / n
+        # whole groups left it far from the share asked (not merely a whole image's rounding)
+        if want > 0 and abs(share - want) >= 0.1 - 1e-9 and abs(counts.get(name, 0) - want * n) >= 1:
+            sizes = Counter(r.group for r in dataset.images if r.group is not None)
+            largest = max(sorted(sizes), key=lambda g: sizes[g]) if sizes and by == "group" else None
+            if largest is not None and sizes[largest] < 2:
+                largest = None
+            err.print(f"{name} is {share:.0%} of the {n} images, not the {want:.0%} asked: "
+                      + ("groups move whole" if largest is None else
+                         f"groups move whole, and the largest, {largest!r}, holds {sizes[largest]} images")
+                      + " (--val-groups names validation's groups by hand)",
+                      highlight=False, markup=False, soft_wrap=True)
     if before:  # a split read at import (train/valid folders, ImageSets) is replaced: say so
         err.print("replaced the split the dataset had: "
                   + ", ".join(f"{k} {v}" for k, v in sorted(before.items())), highlight=False)

@@ -183,3 +183,89 @@ def test_a_dataset_with_no_images_is_one_line(tmp_path: Path) -> None:
                                    "--data", str(empty)])
     assert res.exit_code == 2, res.output
     assert "the dataset has no images" in res.output and "None" not in res.output
+
+
+def _small(tmp_path: Path, name: str, spec: list[tuple[str, list[str]]]) -> Path:
+    """A dataset of one noise image per (group, classes) in ``spec`` (no classes: good)."""
+    from lineside_inspect.dataset import write_dataset
+    from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
+    from lineside_inspect.opencv import cv2
+
+    raw = tmp_path / f"{name}-raw"
+    raw.mkdir()
+    recs = []
+    for i, (group, labels) in enumerate(spec):
+        path = raw / f"p{i}.png"
+        pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3)).astype(np.uint8)
+        assert cv2.imwrite(str(path), pixels)
+        recs.append(ImageRecord(path.name, 40, 40, [Box(2, 2, 12, 12, c) for c in labels],
+                                group=group, source=path))
+    write_dataset(Dataset(sorted({c for _, cs in spec for c in cs}) or ["dent"], recs),
+                  tmp_path / name)
+    return tmp_path / name
+
+
+def test_an_empty_split_of_a_small_set_says_why_and_what_works(tmp_path: Path) -> None:
+    """A 5-part pull, each part the only one of its class (or the only good one): --val 0.2
+    came out empty with "tied into too few groups" (5 groups are not few; --by image, which
+    it advised, failed the same way). Now the line counts the groups, says why none went to
+    val and names the smallest --val that splits, found by splitting."""
+    five = _small(tmp_path, "five", [("a", ["scratch"]), ("b", ["dent"]), ("c", ["hole"]),
+                                     ("d", ["crack"]), ("e", [])])
+    before = (five / "annotations.json").read_text()
+    r = CliRunner().invoke(app, ["data", "split", str(five), "--val", "0.2"])
+    line = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "too few" not in line, line
+    assert ("the val split came out empty at --val 0.2: the 5 images are in 5 groups, which "
+            "move whole, and each holds every box of a class, or every good image, which "
+            "balancing the classes keeps in train; --val 0.31 gives val 1 of the 5 images; or "
+            "add images of more groups") in line
+    assert (five / "annotations.json").read_text() == before  # nothing written
+    ok = CliRunner().invoke(app, ["data", "split", str(five), "--val", "0.31"])
+    assert ok.exit_code == 0 and "split: train 4, val 1, test 0" in ok.stdout, ok.output
+    by_image = CliRunner().invoke(app, ["data", "split", str(five), "--val", "0.2", "--by", "image"])
+    assert by_image.exit_code == 2 and "give --by image" not in by_image.stderr
+
+    # one image: no fraction splits it ("give --val 1 or more", which --val refuses, was said)
+    one = _small(tmp_path, "one", [("a", ["scratch"])])
+    r = CliRunner().invoke(app, ["data", "split", str(one), "--val", "0.2"])
+    assert r.exit_code == 2 and "--val 1" not in r.stderr
+    assert ("the val split came out empty: the dataset has 1 image, and a train/val split "
+            "needs at least 2, one on each side; add images") in " ".join(r.stderr.split())
+    # two images of one part: "give --val 0.5 or more" led to "too few groups"; now the group
+    two = _small(tmp_path, "two", [("a", ["scratch"]), ("a", [])])
+    for val in ("0.2", "0.5"):
+        r = CliRunner().invoke(app, ["data", "split", str(two), "--val", val])
+        assert r.exit_code == 2 and "--val 0.5 or more" not in r.stderr
+        assert ("the 2 images are in 1 group (a group moves whole, with any duplicates of its "
+                "images), and a train/val split needs at least 2; add images of other groups "
+                "(parts, boards, days), or give --by image") in " ".join(r.stderr.split())
+    # every group named in --val-groups, or fractions that leave train nothing
+    three = _small(tmp_path, "three", [("a", ["x"]), ("b", ["y"]), ("c", ["x"])])
+    r = CliRunner().invoke(app, ["data", "split", str(three), "--val-groups", "a,b,c"])
+    assert r.exit_code == 2 and "names the groups of every image; leave some for train" in r.stderr
+    r = CliRunner().invoke(app, ["data", "split", str(three), "--val", "0.5", "--test", "0.45"])
+    assert r.exit_code == 2
+    assert ("the train split came out empty: --val 0.5 and --test 0.45 leave train 5%, and none "
+            "of the 3 groups went to it; give smaller fractions") in " ".join(r.stderr.split())
+
+
+def test_a_split_far_from_the_share_asked_says_so(tmp_path: Path) -> None:
+    """One part holding 9 of 10 images: --val 0.2 gave val 10%, --val 0.6 (with a third
+    part) val 82%, both said only as "split: train 9, val 1": groups move whole, which a
+    user expecting the share asked must hear, with the group that made it so."""
+    lop = _small(tmp_path, "lop", [("big", ["x"])] * 9 + [("b", ["x"]), ("c", ["x"])])
+    r = CliRunner().invoke(app, ["data", "split", str(lop), "--val", "0.6"])
+    assert r.exit_code == 0 and "split: train 2, val 9, test 0" in r.stdout, r.output
+    assert ("val is 82% of the 11 images, not the 60% asked: groups move whole, and the "
+            "largest, 'big', holds 9 images") in " ".join(r.stderr.split())
+    assert [x.split for x in read_dataset(lop).images].count("val") == 9  # saved, as said
+    r = CliRunner().invoke(app, ["data", "split", str(lop), "--val", "0.2"])
+    assert r.exit_code == 0 and "split: train 9, val 2, test 0" in r.stdout, r.output
+    assert "not the" not in r.stderr  # 18% of 20%: near enough, nothing said
+    even = _small(tmp_path, "even", [(g, ["x"]) for g in "abcde"])
+    r = CliRunner().invoke(app, ["data", "split", str(even), "--val", "0.2", "--test", "0.2"])
+    assert r.exit_code == 0 and "not the" not in r.stderr, r.output
+    # 1 of 3 images is 33%, the nearest a whole image gets to 20%: nothing said either
+    r = CliRunner().invoke(app, ["data", "split", str(_small(tmp_path, "three", [(g, []) for g in "abc"]))])
+    assert r.exit_code == 0 and "val 1" in r.stdout and "not the" not in r.stderr, r.output

@@ -12,7 +12,13 @@ from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
 from lineside_inspect.dataset.importers import IMPORTERS, dim_16bit_pngs
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
-from lineside_inspect.dataset.split import check_split_args, split_dataset, tied_groups
+from lineside_inspect.dataset.split import (
+    check_split_args,
+    empty_split_reason,
+    split_dataset,
+    split_units,
+    tied_groups,
+)
 from lineside_inspect.dataset.stats import dataset_stats
 from lineside_inspect.dataset.validate import (
     check_dir,
@@ -32,12 +38,14 @@ __all__ = [
     "check_split_args",
     "dataset_stats",
     "dedupe_dir",
+    "empty_split_reason",
     "export_dataset",
     "find_duplicates",
     "import_dataset",
     "read_dataset",
     "save_annotations",
     "split_dataset",
+    "split_units",
     "tied_groups",
     "validate_dataset",
     "validate_dir",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections import Counter, defaultdict
@@ -62,29 +63,11 @@ def check_split_args(dataset: Dataset, *, val: float, test: float, by: str,
                 f"(it has {len(known)} groups, e.g. {', '.join(sorted(known)[:5]) or 'none'})")
 
 
-def split_dataset(
-    dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0,
-    duplicates: list[DuplicateGroup] | None = None, val_groups: Collection[str] | None = None,
-) -> dict[str, int]:
-    """Assign ``split`` on every image in place; return image counts per split.
-
-    With ``by="group"`` all images of one group land in the same split, so near-duplicate
-    crops of a board never straddle train and validation. Groups are placed largest
-    first (ties broken by the seeded shuffle) into the split whose per-class and
-    per-image quota is furthest from filled: stratified where the groups allow it.
-
-    Exact and near-duplicate images (``duplicates``, found from the pixels when not
-    given) always land in one split, whatever ``by`` says, with their groups.
-
-    ``val_groups`` names the groups that make up validation (``val`` is then not used):
-    held-out boards or product variants chosen by hand, so that a benchmark's split can be
-    made again from the command line. Every name must be a group of the dataset. The
-    other groups share train and ``test`` as above.
-    """
-    check_split_args(dataset, val=val, test=test, by=by, val_groups=val_groups)
-    chosen = set(val_groups or ())
-    if chosen:
-        val = 0.0
+def split_units(dataset: Dataset, *, by: str = "group",
+                duplicates: list[DuplicateGroup] | None = None) -> dict[str, list[ImageRecord]]:
+    """The units :func:`split_dataset` moves whole: a group's images (or, with ``by="image"``
+    or no group, one image; a Roboflow photo's copies), joined by any duplicates
+    (``duplicates``, found from the pixels when not given), which always share a side."""
     def own_key(rec: ImageRecord) -> str:
         if by == "group":
             if rec.group is not None:
@@ -108,6 +91,33 @@ def split_dataset(
     groups: dict[str, list[ImageRecord]] = defaultdict(list)
     for rec in dataset.images:
         groups[root(own_key(rec))].append(rec)
+    return groups
+
+
+def split_dataset(
+    dataset: Dataset, *, val: float, test: float = 0.0, by: str = "group", seed: int = 0,
+    duplicates: list[DuplicateGroup] | None = None, val_groups: Collection[str] | None = None,
+) -> dict[str, int]:
+    """Assign ``split`` on every image in place; return image counts per split.
+
+    With ``by="group"`` all images of one group land in the same split, so near-duplicate
+    crops of a board never straddle train and validation. Groups are placed largest
+    first (ties broken by the seeded shuffle) into the split whose per-class and
+    per-image quota is furthest from filled: stratified where the groups allow it.
+
+    Exact and near-duplicate images (``duplicates``, found from the pixels when not
+    given) always land in one split, whatever ``by`` says, with their groups.
+
+    ``val_groups`` names the groups that make up validation (``val`` is then not used):
+    held-out boards or product variants chosen by hand, so that a benchmark's split can be
+    made again from the command line. Every name must be a group of the dataset. The
+    other groups share train and ``test`` as above.
+    """
+    check_split_args(dataset, val=val, test=test, by=by, val_groups=val_groups)
+    chosen = set(val_groups or ())
+    if chosen:
+        val = 0.0
+    groups = split_units(dataset, by=by, duplicates=duplicates)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     keys.sort(key=lambda k: -len(groups[k]))  # stable: shuffled order breaks ties
@@ -146,3 +156,78 @@ def _counts(records: list[ImageRecord]) -> Counter[str]:
         if rec.is_good:
             counts["__good__"] += 1
     return counts
+
+
+def empty_split_reason(
+    dataset: Dataset, counts: dict[str, int], *, val: float, test: float = 0.0, by: str = "group",
+    seed: int = 0, duplicates: list[DuplicateGroup] | None = None,
+    val_groups: Collection[str] | None = None,
+) -> str | None:
+    """None when :func:`split_dataset`'s ``counts`` give every split asked for an image;
+    otherwise one line saying why one came out empty and what works instead: too few
+    images, too few of the units it moves whole (groups, duplicates kept together), too
+    small a fraction, or balancing the classes, with the smallest fraction that splits
+    (found by splitting again: the images' ``split`` is left as the last try set it)."""
+    wanted = {"train": 1 - val - test, "val": 1.0 if val_groups else val, "test": test}
+    sides = [name for name, share in wanted.items() if share > 0]
+    empty = [name for name in sides if not counts.get(name)]
+    if not empty:
+        return None
+    n = len(dataset.images)
+    images = f"{n} image{'s' * (n != 1)}"
+    needs = f"a {'/'.join(sides)} split needs at least {len(sides)}"
+    came = f"the {' and '.join(empty)} split came out empty"
+    if n < len(sides):
+        return f"{came}: the dataset has {images}, and {needs}, one on each side; add images"
+    units = split_units(dataset, by=by, duplicates=duplicates)
+    unit = "group" if by == "group" else "unit"
+    held = f"{len(units)} {unit}{'s' * (len(units) != 1)}" + (
+        "" if by == "group" else " (an image, or duplicates kept together)")
+    if len(units) < len(sides):
+        if by == "group":
+            alone = len(split_units(dataset, by="image", duplicates=duplicates))
+            also = (", or give --by image (photos of one part may then sit on both sides)"
+                     if alone >= len(sides) else "")
+            return (f"{came}: the {images} are in {held} (a group moves whole, with any "
+                    f"duplicates of its images), and {needs}; add images of other groups "
+                    f"(parts, boards, days){also}")
+        return (f"{came}: the {images} are {len(units)} set{'s' * (len(units) != 1)} of "
+                f"duplicates, each kept on one side, and {needs}; add other images")
+    if val_groups:
+        if "train" in empty:
+            return f"{came}: --val-groups names the groups of every image; leave some for train"
+        return f"{came}: the groups --val-groups leaves are too few for it; name fewer"
+    if "train" in empty:
+        return (f"{came}: --val {val:g} and --test {test:g} leave train {wanted['train']:.0%}, "
+                f"and none of the {held} went to it; give smaller fractions")
+    name = empty[0]
+    other = test if name == "val" else val
+
+    def works(share: float) -> dict[str, int] | None:
+        at_val, at_test = (share, other) if name == "val" else (other, share)
+        got = split_dataset(dataset, val=at_val, test=at_test, by=by, seed=seed,
+                            duplicates=duplicates)
+        return got if all(got.get(side) for side in sides) else None
+
+    steps = [k / 100 for k in range(math.floor(wanted[name] * 100) + 1, 100)
+             if k / 100 + other < 1 - 1e-9]
+    found = next(((step, got) for step in steps if (got := works(step)) is not None), None)
+    if wanted[name] * n < 1:  # less than one image even one by one: the fraction is why
+        least = math.ceil(100 / n) / 100
+        if found is not None and found[0] <= least:
+            return (f"--{name} {wanted[name]:g} of {images} is less than one image: give "
+                    f"--{name} {least:g} or more, or add images")
+    # the split places the largest units first where their classes are least filled: a
+    # unit holding all of a class's boxes (or all the good images) stays in train
+    totals = _counts(dataset.images)
+    del totals["__images__"]
+    sole = sum(1 for recs in units.values()
+               if any(_counts(recs)[k] == totals[k] for k in totals))
+    who = "each" if sole == len(units) else f"{sole} of them"
+    why = (f"{who} hold{'s' * (who == 'each' or sole == 1)} every box of a class, or every good "
+           "image, which balancing the classes keeps in train" if sole else
+           "balancing the classes placed none of them there")
+    advice = (f"--{name} {found[0]:g} gives {name} {found[1][name]} of the {n} images"
+              if found is not None else f"no --{name} below {1 - other:g} gives it an image")
+    return (f"{came} at --{name} {wanted[name]:g}: the {images} are in {held}, which move whole, "
+            f"and {why}; {advice}; or add images of more {unit}s")
