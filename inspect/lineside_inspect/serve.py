@@ -28,6 +28,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable as _uvicorn_
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import ConfigError, PackageError, error_body
+from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.package import ModelCard, version_clash
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
@@ -55,6 +56,50 @@ async def _busy(scope: Any, receive: Any, send: Any) -> None:
         (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
         (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# uvicorn's warnings that a client causes, one per request (none needs a key): in Lineside's
+# words, at the level given, or None: not said (uvicorn's advice to install a WebSocket
+# library; this server has no WebSocket route). Each was a line per request: 1,700 lines a
+# second from one unauthenticated client sending garbage, two per request (several per
+# connection) asking to upgrade (logs review, session 52)
+_CLIENT_CAUSED: dict[str, tuple[int, str] | None] = {
+    "Invalid HTTP request received.": (
+        logging.WARNING, "HTTP requests that could not be parsed are answered 400 "
+        "(one from %s)"),
+    "Unsupported upgrade request.": (
+        logging.INFO, "requests to upgrade the connection (WebSocket, h2c) are answered as "
+        "plain HTTP: this server has no WebSocket route (one from %s)"),
+    "No supported WebSocket library detected.": None,
+    "Exceeded concurrency limit.": (
+        logging.WARNING, "requests are answered 503: open connections are at "
+        "max_connections with requests running (one from %s)"),
+}
+
+
+class _ClientCausedLog:
+    """uvicorn's logger as one connection uses it: the warnings a client causes
+    (:data:`_CLIENT_CAUSED`) said once a minute with their count, through the server's
+    :class:`OutageLog` (one per server, shared by its connections); everything else
+    (an exception in the app, tracing) goes to uvicorn's logger as before."""
+
+    def __init__(self, connection: SlowClientProtocol) -> None:
+        self._connection = connection
+        self._uvicorn = logging.getLogger("uvicorn.error")
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        key = next((k for k in _CLIENT_CAUSED if msg.startswith(k)), None)
+        if key is None:
+            self._uvicorn.warning(msg, *args, **kwargs)
+            return
+        said = _CLIENT_CAUSED[key]
+        if said is not None:
+            client = self._connection.client
+            self._connection.client_warnings.failed(
+                key, said[0], said[1], client[0] if client else "an unknown address")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._uvicorn, name)
 
 
 class _CountedWrites:
@@ -108,6 +153,13 @@ class SlowClientProtocol(_HTTPProtocol):
     # ones (below). Not the loop's time: its clock ticks in milliseconds on some hosts, and
     # connections of one tick were taken in the set's order, not their own
     _waiting_since = 0
+    # uvicorn's warnings a client causes, said once a minute (_ClientCausedLog); one per
+    # server: uvicorn_config's class sets its own
+    client_warnings = OutageLog(log)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = _ClientCausedLog(self)  # type: ignore[assignment]
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (a bad request line, an unknown method, a negative
@@ -405,6 +457,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         header_timeout_s = settings.header_timeout_s
         send_timeout_s = settings.body_timeout_s
         min_send_rate = settings.min_body_rate
+        client_warnings = OutageLog(log)
 
     options: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_level": "info",

@@ -110,8 +110,16 @@ def _has_body(request: Request) -> bool:
         or "transfer-encoding" in request.headers
 
 
+def said_path(path: str) -> str:
+    """A request's path as a log line quotes it: as it is when it is printable text, else
+    quoted (``repr``). The URL check refuses C0 controls only: a path holding U+2028,
+    U+0085 (line breaks to Python's ``splitlines`` and many log viewers) or U+009B (a
+    terminal's CSI) went raw into the database outage's lines (logs review, session 52)."""
+    return path if path.isprintable() else repr(path)
+
+
 def _outage_key(scope: Any) -> str:
-    return f"{scope.get('method')} {scope.get('path')}"
+    return f"{scope.get('method')} {said_path(str(scope.get('path', '')))}"
 
 
 class _OutageEnds:
@@ -167,7 +175,7 @@ def database_failed(request: Request, exc: OperationalError) -> DatabaseUnavaila
     outages = getattr(state, "database_outages", None)
     if outages is not None:
         outages.failed(f"{whose} is {cause}", logging.WARNING, "%s %s: %s is %s: %s",
-                       request.method, request.url.path, whose, cause,
+                       request.method, said_path(request.url.path), whose, cause,
                        driver_said(exc.orig)[:300], ends=_outage_key(request.scope))
     if cause == "unreachable" and getattr(exc.orig, "sqlstate", None) in _WAITED_CODES:
         return DatabaseUnavailable(f"{whose} did not answer in time (a lock another session "
@@ -190,7 +198,7 @@ def add_error_handlers(app: FastAPI) -> None:
     def refused(request: Request, cause: str, words: str) -> None:
         said = whose(request)
         outages.failed(f"{said} is {cause}", logging.WARNING,
-                       "%s %s: %s is %s: %s", request.method, request.url.path, said,
+                       "%s %s: %s is %s: %s", request.method, said_path(request.url.path), said,
                        cause, words, ends=_outage_key(request.scope))
 
     @app.exception_handler(LinesideError)
