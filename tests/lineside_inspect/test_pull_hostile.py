@@ -560,3 +560,41 @@ def test_what_an_inspection_left_out_staged_is_not_kept_to_the_end(
                      f"upload/{ids[5]}.png"]
     said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "5 inspection(s) left out" in said
+
+
+def test_a_class_name_that_is_not_plain_text_leaves_its_inspection_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server's labels are input too: one with a newline went into the pulled set's
+    classes (a model package refuses it, after training) and, since the pull names the
+    labels of copies of a picture reviewed differently, forged a line of its log; one
+    with U+202E the same (adversarial read, session 52). Each such inspection is left
+    out, counted in one line; the rest is pulled."""
+    import logging
+
+    from lineside_inspect.dataset import read_dataset, validate_dir
+
+    forged, reversed_, plain = _ids(3)
+    label = "open\nWARNING:lineside.store:pull: all good"
+    review = {"id": 1, "created_at": "2026-12-01T00:01:00+00:00", "reviewer": "qa",
+              "action": "relabel", "note": "", "boxes": [{"label": label, "box": [1, 1, 5, 5]}]}
+    items = [{**_item(forged), "class_names": ["open", label], "reviews": [review]},
+             {**_item(reversed_), "class_names": ["open", "short\u202e"],
+              "defects": [{"label": "short\u202e", "score": 0.9, "box": [1.0, 1.0, 5.0, 5.0]}]},
+             {**_item(plain), "defects": [{"label": "open", "score": 0.9, "box": [1.0, 1.0, 5.0, 5.0]}]}]
+    # the forged one a byte-identical copy of the plain one (its labels were named)
+    srv = _Scripted(lambda o: items if o == 0 else [],
+                    lambda path: _png(8, 8, "" if path.startswith((forged, plain)) else path),
+                    total=3)
+    try:
+        with caplog.at_level(logging.INFO, "lineside.store"):
+            pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    ds = read_dataset(tmp_path / "pulled")
+    assert ds.categories == ["open"]
+    assert [r.file_name.split("/")[-1][:32] for r in ds.images] == [plain]
+    assert validate_dir(tmp_path / "pulled") == []
+    assert not any("\n" in m or "\u202e" in m for m in caplog.messages), caplog.messages
+    assert any(m.startswith("pull: 2 inspection(s) left out, a class name holds a control or "
+                            "bidirectional character") and f"(e.g. inspection {forged})" in m
+               for m in caplog.messages), caplog.messages

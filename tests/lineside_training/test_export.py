@@ -406,7 +406,8 @@ def test_a_data_of_other_classes_or_no_images_is_refused_before_any_work(
     (empty / "images").mkdir(parents=True)
     (empty / "annotations.json").write_text(json.dumps({**doc, "images": [], "annotations": []}))
     models = tmp_path / "models"
-    for data, why in ((other, r"dataset classes \['openx'"), (empty, "the dataset has no images")):
+    for data, why in ((other, r"its val images hold boxes of classes \['copperx', 'mousebitex'"),
+                      (empty, "the dataset has no images")):
         for int8 in (False, True):
             with pytest.raises(ConfigError, match=why):
                 export(evaluated[0], models / "tiny" / "1", data=data, int8=int8)
@@ -415,6 +416,34 @@ def test_a_data_of_other_classes_or_no_images_is_refused_before_any_work(
                                    "--data", str(other)])
     assert res.exit_code == 2 and "not among the run's" in res.output, res.output
     assert "Traceback" not in res.output
+
+
+def test_a_data_that_lists_a_class_the_run_lacks_exports_unless_its_images_have_boxes_of_it(
+        evaluated: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """The refusal of a --data of other classes looked at the classes the set lists: a set
+    listing one the run lacks with no box of it in the images export checks (a pulled
+    set lists the serving model's classes, ``anomaly`` with --keep-anomaly; one whose
+    anomaly boxes fell in train) exported before and was refused (adversarial read,
+    session 52). It exports; a box of that class in a val image is refused, named."""
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    cats = [*doc["categories"], {"id": 99, "name": "anomaly"}]
+    def with_anomaly_in(split: str) -> Path:
+        img = next(i for i in doc["images"] if i["split"] == split and "_test" in i["file_name"])
+        box = {"id": 99999, "image_id": img["id"], "category_id": 99, "bbox": [10, 10, 20, 20],
+               "area": 400, "iscrowd": 0}
+        d = tmp_path / split
+        d.mkdir()
+        (d / "images").symlink_to(SAMPLE / "images")
+        (d / "annotations.json").write_text(json.dumps(
+            {**doc, "categories": cats, "annotations": [*doc["annotations"], box]}))
+        return d
+    summary = export(evaluated[0], tmp_path / "models" / "tiny" / "1", data=with_anomaly_in("train"))
+    assert summary["parity_images"] == min(16, len(read_dataset(SAMPLE).in_split("val")))
+    assert load_package(tmp_path / "models" / "tiny" / "1").card.class_names[:2] == ["open", "short"]
+    with pytest.raises(ConfigError, match=r"its val images hold boxes of classes \['anomaly'\], not "
+                                          r"among the run's .* \(e\.g\. 'anomaly' in 'group"):
+        export(evaluated[0], tmp_path / "models" / "tiny" / "2", data=with_anomaly_in("val"))
+    assert not (tmp_path / "models" / "tiny" / "2").exists()
 
 
 def test_thresholds_and_metrics_of_an_earlier_checkpoint_are_not_shipped(

@@ -323,22 +323,33 @@ def tiling_for(trained: Trained, tile: int | None, overlap: float | None,
 def export_records(dataset: Any, class_names: list[str]) -> list[ImageRecord]:
     """The images the parity gate, thresholds and lower-precision checks of an export run
     on: ``dataset``'s val split, or all its images when it has none; refused before any
-    work when there are none, or when it holds a class the model does not know. A
-    ``--data`` of other classes was a KeyError traceback from the parity gate, and one of
-    no images shipped a package its parity gate had compared on 0 images, or an --int8
-    traceback from onnxruntime's calibration ("No data is collected") (session 52)."""
-    unknown = [c for c in dataset.categories if c not in class_names]
-    if unknown:
-        raise ConfigError(
-            f"{dataset.root}: dataset classes {unknown[:10]} are not among the run's "
-            f"{class_names}: export checks the package on images of the model's own classes; "
-            "give --data a dataset of them (or leave --data out: the run's own)")
+    work when there are none, or when one of them has a box of a class the model does not
+    know. A ``--data`` of other classes was a KeyError traceback from the parity gate, and
+    one of no images shipped a package its parity gate had compared on 0 images, or an
+    --int8 traceback from onnxruntime's calibration ("No data is collected") (session 52).
+    A class the set only lists, or boxes only outside those images, is no matter: a pulled
+    set lists the serving model's classes (``anomaly`` with --keep-anomaly), and such a
+    set exported as it had before (adversarial read, session 52)."""
     val = dataset.in_split("val") or dataset.images
     if not val:
         raise ConfigError(
             f"{dataset.root}: the dataset has no images: export's parity gate (and --int8's "
             "calibration) runs on its val images (all of them without a val split); give "
             "--data a dataset with images (or leave --data out: the run's own)")
+    known = set(class_names)
+    unknown: dict[str, str] = {}  # class -> an image with a box of it
+    for rec in val:
+        for box in rec.boxes:
+            if box.label not in known:
+                unknown.setdefault(box.label, rec.file_name)
+    if unknown:
+        (label, example), *_ = unknown.items()
+        which = "val images" if dataset.in_split("val") else "images"
+        raise ConfigError(
+            f"{dataset.root}: its {which} hold boxes of classes {sorted(unknown)[:10]}, not "
+            f"among the run's {class_names} (e.g. {label!r} in {example!r}): export checks "
+            "the package on images of the model's own classes; give --data a dataset of "
+            "them (or leave --data out: the run's own)")
     return list(val)
 
 

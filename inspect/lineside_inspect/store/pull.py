@@ -41,7 +41,7 @@ from lineside_inspect.errors import (
     describe_validation,
 )
 from lineside_inspect.imageio import decode_image
-from lineside_inspect.names import is_name
+from lineside_inspect.names import BIDI_RE, CONTROL_RE, is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.runtime.reference import shift_onto
@@ -310,6 +310,13 @@ class _Placing:
 
     def wanted(self, item: dict[str, Any]) -> bool:
         """Whether ``item`` is worth its images (asked before they are read)."""
+        if any(CONTROL_RE.search(n) or BIDI_RE.search(n) for n in _labels_of(item)):
+            # no Lineside server has one (a review's label and a card's class names are
+            # refused so): a foreign server's or a hand-edited row's. It went into the
+            # set's classes, a model package then refused, and a newline in it forged
+            # lines of the pull's own log (adversarial read, session 52)
+            self.unlearnable.setdefault(UNPLAIN, []).append(item["id"])
+            return False
         if why := left_out_why(item, keep_anomaly=self.keep_anomaly):
             log.info("pull: left out inspection %s: %s", item["id"], why)
             self.unlearnable.setdefault(why, []).append(item["id"])
@@ -464,6 +471,19 @@ def _when(value: Any) -> datetime:
         return as_utc(datetime.fromisoformat(str(value)))
     except (TypeError, ValueError, OverflowError):
         return datetime.min.replace(tzinfo=UTC)
+
+
+def _labels_of(item: dict[str, Any]) -> Iterator[str]:
+    """Every class name ``item`` carries: its model's, its defects' and its reviews'."""
+    yield from item["class_names"]
+    yield from (d["label"] for d in item["defects"])
+    yield from (b["label"] for r in item["reviews"] for b in r["boxes"])
+
+
+# why an inspection whose class names are not plain text is left out (:meth:`_Placing.wanted`)
+UNPLAIN = ("a class name holds a control or bidirectional character (NUL, LF, U+202E, ...), "
+           "which no model package takes: not from a Lineside server, or its store edited by "
+           "hand")
 
 
 def _stem(rec: ImageRecord) -> str:
