@@ -23,7 +23,7 @@ class OutageLog:
         self.log = log
         self.again_s = again_s
         self._lock = threading.Lock()
-        # cause -> [when last said, times since last said, times in all]
+        # cause -> [when last said, times since last said, times in all, when last failed]
         self._open: dict[str, list[Any]] = {}
         self.ends: set[str] = set()  # "METHOD path": a success there ends it (see ended)
 
@@ -40,10 +40,11 @@ class OutageLog:
                 self.ends.add(ends)
             entry = self._open.get(cause)
             if entry is None:
-                self._open[cause] = [now, 0, 1]
+                self._open[cause] = [now, 0, 1, now]
                 first, since = True, 0
             else:
                 entry[2] += 1
+                entry[3] = now
                 if now - entry[0] < self.again_s:
                     entry[1] += 1
                     return
@@ -54,6 +55,19 @@ class OutageLog:
         else:
             self.log.log(level, msg + " (still; %d more time(s) since last said)",
                          *args, since)
+
+    def quiet(self, quiet_s: float | None) -> list[tuple[str, int, int]]:
+        """The causes with no failure for ``quiet_s`` (None: all), forgotten, each as
+        (cause, times in all, times not said since last said): for failures no success
+        ends (a client's unparseable request), whose count was otherwise never said when
+        they stopped within a minute of the last line (session 52)."""
+        now = time.monotonic()
+        with self._lock:
+            done = [(cause, entry) for cause, entry in self._open.items()
+                    if quiet_s is None or now - entry[3] >= quiet_s]
+            for cause, _ in done:
+                del self._open[cause]
+        return [(cause, entry[2], entry[1]) for cause, entry in done]
 
     def ended(self, what: str) -> None:
         """The failures are over (``what`` worked again): each cause's count is said."""

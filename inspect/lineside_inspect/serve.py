@@ -28,7 +28,7 @@ from uvicorn.protocols.http.flow_control import service_unavailable as _uvicorn_
 from lineside_inspect.allocator import use_one_arena
 from lineside_inspect.config import Settings
 from lineside_inspect.errors import ConfigError, PackageError, error_body
-from lineside_inspect.outage_log import OutageLog
+from lineside_inspect.outage_log import SAY_AGAIN_S, OutageLog
 from lineside_inspect.package import ModelCard, version_clash
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.server.app import create_app
@@ -100,6 +100,24 @@ class _ClientCausedLog:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._uvicorn, name)
+
+
+def _client_warnings_over(warnings: OutageLog | None, quiet_s: float | None) -> None:
+    """The count of each kind of :data:`_CLIENT_CAUSED` warning that stopped (none for
+    ``quiet_s``; None: the server stops) with some not said: a flood of 200 unparseable
+    requests in ten seconds was one line, its count said only with the next such request a
+    minute or more later (days, maybe, and as "still"), or never (adversarial read,
+    session 52)."""
+    if warnings is None:  # (a protocol class not uvicorn_config's)
+        return
+    for key, total, unsaid in warnings.quiet(quiet_s):
+        said = _CLIENT_CAUSED.get(key)
+        if said is None or not unsaid:  # (one said and no more: its line said it all)
+            continue
+        what = said[1].split(" (one from")[0]
+        warnings.log.log(said[0], "%s: %d in all, %d not said one by one (%s)", what, total, unsaid,
+                         "the server stopping" if quiet_s is None
+                         else f"none for {quiet_s:g}s since")
 
 
 class _CountedWrites:
@@ -494,6 +512,15 @@ class _Server(uvicorn.Server):
             config.load()  # (what run does first; the lifespan class is set there)
         if config.lifespan != "off":  # (off: no lifespan class to replace, none to turn on)
             config.lifespan_class = _lifespan_class(app)
+
+    async def on_tick(self, counter: int) -> bool:
+        if counter % 10 == 0:  # (each second)
+            _client_warnings_over(getattr(self.config.http, "client_warnings", None), SAY_AGAIN_S)
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets=sockets)
+        _client_warnings_over(getattr(self.config.http, "client_warnings", None), None)
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve until stopped. A start-up that failed ends in an exception, never a

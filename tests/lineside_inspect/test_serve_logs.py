@@ -120,3 +120,43 @@ def test_a_path_in_the_database_outage_line_cannot_start_a_line_or_a_terminal_es
     assert all(repr(f"/v1/inspections/{forged}") in line for line in outage), outage
     assert not any(c in said for c in "\u2028\u2029\u0085\u009b"), said
     assert not [line for line in said.splitlines() if line.startswith("FORGED")], said
+
+
+def test_a_flood_of_client_warnings_that_stops_has_its_count_said(tmp_path: Path) -> None:
+    """A flood of unparseable requests and of upgrade requests was one line each: their
+    count was said only with the next such request a minute or more later, or, when none
+    came (or the server stopped), never (adversarial read, session 52). Now each kind's
+    count is said once none came for a minute, and at the latest when the server stops."""
+    port = free_port()
+    env = {**os.environ, "LINESIDE_DRAIN_S": "0"}
+    server = ServerProcess([*LINESIDE, "serve", "--config", str(_config(tmp_path, port))],
+                           tmp_path / "serve.log", port, env=env)
+    with server:
+        for _ in range(30):
+            [answer] = _send(port, b"FOO / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        upgrade = (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n"
+                   b"Upgrade: h2c\r\n\r\n")
+        assert len(_send(port, *[upgrade] * 4)) == 4
+        server.stop()
+    said = server.output()
+    unparsed = [line for line in said.splitlines() if "could not be parsed" in line]
+    assert len(unparsed) == 2 and " WARNING " in unparsed[1], said
+    assert "answered 400: 30 in all, 29 not said one by one (the server stopping)" in unparsed[1], said
+    upgrades = [line for line in said.splitlines() if "upgrade the connection" in line]
+    assert len(upgrades) == 2 and " INFO " in upgrades[1], said
+    assert ": 4 in all, 3 not said one by one (the server stopping)" in upgrades[1], said
+
+
+def test_one_client_warning_alone_is_said_once(tmp_path: Path) -> None:
+    """A single unparseable request is its one line: no count line follows at shutdown."""
+    port = free_port()
+    env = {**os.environ, "LINESIDE_DRAIN_S": "0"}
+    server = ServerProcess([*LINESIDE, "serve", "--config", str(_config(tmp_path, port))],
+                           tmp_path / "serve.log", port, env=env)
+    with server:
+        [answer] = _send(port, b"FOO / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+        server.stop()
+    unparsed = [line for line in server.output().splitlines() if "could not be parsed" in line]
+    assert len(unparsed) == 1 and "(one from 127.0.0.1)" in unparsed[0], server.output()
