@@ -351,13 +351,17 @@ class ShadowRunner:
             session.pending.clear()
         log.error("shadow %s %s: its process ended (exit code %s); the shadow is stopped",
                   session.model, session.version, code)
-        with self._lock:
-            if self._sessions.get(session.model) is session:
-                del self._sessions[session.model]
         session.stopping.set()
         session.stopped_at = datetime.now(UTC)
         self._end_process(session)
-        self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+        # its row says stopped before the session goes: status reads the row once it has
+        # (it read "running": false with "stopped_at": null in between, a CI run found)
+        try:
+            self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+        finally:  # (a database outage: the session goes all the same)
+            with self._lock:
+                if self._sessions.get(session.model) is session:
+                    del self._sessions[session.model]
         # in the audit log as any other stop, by the server itself (session 52): the log
         # showed a shadow started and never stopped while its status said stopped, and
         # nowhere the operator reads said why
