@@ -43,8 +43,6 @@ def _unsent(connection: Any) -> int:
     return 0 if transport is None else int(transport.get_write_buffer_size())
 
 
-
-
 async def _busy(scope: Any, receive: Any, send: Any) -> None:
     """uvicorn's answer at max_connections (requests running fill it), in the API's one
     error shape: it was ``Service Unavailable`` as plain text, which a line client parsing
@@ -65,15 +63,14 @@ async def _busy(scope: Any, receive: Any, send: Any) -> None:
 # connection) asking to upgrade (logs review, session 52)
 _CLIENT_CAUSED: dict[str, tuple[int, str] | None] = {
     "Invalid HTTP request received.": (
-        logging.WARNING, "HTTP requests that could not be parsed are answered 400 "
-        "(one from %s)"),
+        logging.WARNING, "HTTP requests that could not be parsed are answered 400"),
     "Unsupported upgrade request.": (
         logging.INFO, "requests to upgrade the connection (WebSocket, h2c) are answered as "
-        "plain HTTP: this server has no WebSocket route (one from %s)"),
+        "plain HTTP: this server has no WebSocket route"),
     "No supported WebSocket library detected.": None,
     "Exceeded concurrency limit.": (
         logging.WARNING, "requests are answered 503: open connections are at "
-        "max_connections with requests running (one from %s)"),
+        "max_connections with requests running"),
 }
 
 
@@ -96,7 +93,8 @@ class _ClientCausedLog:
         if said is not None:
             client = self._connection.client
             self._connection.client_warnings.failed(
-                key, said[0], said[1], client[0] if client else "an unknown address")
+                key, said[0], "%s (one from %s)", said[1],
+                client[0] if client else "an unknown address")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._uvicorn, name)
@@ -114,8 +112,7 @@ def _client_warnings_over(warnings: OutageLog | None, quiet_s: float | None) -> 
         said = _CLIENT_CAUSED.get(key)
         if said is None or not unsaid:  # (one said and no more: its line said it all)
             continue
-        what = said[1].split(" (one from")[0]
-        warnings.log.log(said[0], "%s: %d in all, %d not said one by one (%s)", what, total, unsaid,
+        warnings.log.log(said[0], "%s: %d in all, %d not said one by one (%s)", said[1], total, unsaid,
                          "the server stopping" if quiet_s is None
                          else f"none for {quiet_s:g}s since")
 

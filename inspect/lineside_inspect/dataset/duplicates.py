@@ -178,13 +178,13 @@ class DuplicateGroup:
     def describe(self) -> str:
         labelled = self.labels_differ or bool(self.mislabelled)  # once: they compare boxes
         names = ", ".join(f"'{r.file_name}'" + (f" ({r.split})" if r.split else "")
-                          + (f" [{_labels(r)}]" if labelled else "")
+                          + (f" [{labels_said(r)}]" if labelled else "")
                           for r in self.members[:_NAMED])
         if len(self.members) > _NAMED:  # a message that lists 1,500 names is not read
             names += f" and {len(self.members) - _NAMED} more"
         where = "in different splits" if self.across_splits else "in one split"
         differ = ", labelled differently" if labelled else ""
-        if labelled and len({_labels(r) for r in self.members}) == 1:
+        if labelled and len({labels_said(r) for r in self.members}) == 1:
             differ += " (the same classes, boxed in other places)"
         return f"{self.kind} duplicate images {where}{differ}: {names}"
 
@@ -201,7 +201,8 @@ def _same_boxes(a: ImageRecord, b: ImageRecord) -> bool:
     return not rest
 
 
-def _labels(rec: ImageRecord) -> str:
+def labels_said(rec: ImageRecord) -> str:
+    """``rec``'s box labels as a report names them, sorted (``good``: none)."""
     return ", ".join(sorted(b.label for b in rec.boxes)) or "good"
 
 

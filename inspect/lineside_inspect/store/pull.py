@@ -30,7 +30,7 @@ from lineside_inspect.atomic import link_or_copy
 from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow, read_at_most
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
-from lineside_inspect.dataset.duplicates import DuplicateGroup
+from lineside_inspect.dataset.duplicates import DuplicateGroup, labels_said
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -397,7 +397,7 @@ class _Placing:
                         "inspected again and reviewed differently: the copy reviewed last is "
                         "the reviewers' last word and is pulled (e.g. inspection %s [%s], a "
                         "copy of inspection %s [%s]); if that was wrong, review it again",
-                        len(pairs), _stem(rec), _labels(rec), _stem(keep), _labels(keep))
+                        len(pairs), _stem(rec), labels_said(rec), _stem(keep), labels_said(keep))
         if pairs := out[False]:
             rec, keep = pairs[0]
             log.warning("pull: %d inspection(s) left out, byte-identical copies of a picture "
@@ -489,10 +489,6 @@ UNPLAIN = ("a class name holds a control or bidirectional character (NUL, LF, U+
 def _stem(rec: ImageRecord) -> str:
     """The inspection id a pulled frame is named by."""
     return Path(rec.file_name).stem
-
-
-def _labels(rec: ImageRecord) -> str:
-    return ", ".join(sorted(b.label for b in rec.boxes)) or "good"
 
 
 # why a listed inspection has no image to pull (:meth:`_Placing.no_image`)
