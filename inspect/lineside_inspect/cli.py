@@ -135,11 +135,15 @@ def data_import(
         "no labels)"))],
     skip_invalid: Annotated[bool, typer.Option(help="leave out broken images, list them")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
+    follow_links: Annotated[bool, typer.Option(help=(
+        "read through symbolic links to files out of SRC (refused without: a set from "
+        "elsewhere may link to your secrets; folders linked out are followed)"))] = False,
 ) -> None:
     """Import a labeled set into the canonical form (images/ + annotations.json)."""
     from lineside_inspect.dataset import dataset_stats, import_dataset
 
-    dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite)
+    dataset, skipped = import_dataset(fmt, src, dst, skip_invalid=skip_invalid, overwrite=overwrite,
+                                      follow_links=follow_links)
     if dataset.info.get("layout"):
         out.print(f"layout found: {dataset.info['layout']}")
     if len(skipped) > 1:

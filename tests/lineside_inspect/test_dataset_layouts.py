@@ -157,6 +157,7 @@ def test_symlinked_folders_are_followed(tmp_path: Path) -> None:
     ds, _ = import_dataset("voc", src, tmp_path / "out")
     assert sorted(r.file_name for r in ds.images) == sorted(
         f"IMAGES/{p.name}" for p in (real / "IMAGES").glob("*.jpg"))
+    assert "2 link(s) out of the set followed (ANNOTATIONS/ -> " in str(ds.info["layout"])
 
 
 def test_roboflow_voc_export_subsets_become_splits(tmp_path: Path) -> None:

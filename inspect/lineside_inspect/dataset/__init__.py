@@ -11,6 +11,7 @@ from lineside_inspect.dataset.canonical import read_dataset, save_annotations, w
 from lineside_inspect.dataset.duplicates import DuplicateGroup, find_duplicates
 from lineside_inspect.dataset.exporters import EXPORTERS
 from lineside_inspect.dataset.importers import IMPORTERS, dim_16bit_pngs
+from lineside_inspect.dataset.layout import links_out, role_of
 from lineside_inspect.dataset.model import Box, Dataset, ImageRecord
 from lineside_inspect.dataset.split import (
     check_split_args,
@@ -60,19 +61,27 @@ def import_dataset(
     *,
     skip_invalid: bool = False,
     overwrite: bool = False,
+    follow_links: bool = False,
 ) -> tuple[Dataset, list[Problem]]:
     """Import ``src`` in format ``fmt`` into a canonical folder ``dst``.
 
     Refuses (raising :class:`DatasetError` with every problem) to write a broken
     dataset unless ``skip_invalid``; then the images concerned are left out and the
     problems returned. Nothing is written to ``dst`` unless the import succeeds.
+    A symbolic link to a file out of the set is refused before anything is read, unless
+    ``follow_links`` (the user's own files on a share); a folder linked out is followed.
+    The layout says which links out were followed.
     """
     if fmt not in IMPORTERS:
         raise DatasetError(f"unknown format {fmt!r}; choose one of {', '.join(IMPORTERS)}")
     src = Path(src)
     if not src.exists():
         raise DatasetError(f"{src}: no such file or folder")
+    followed = _links_out(src, follow_links)
     draft, problems = IMPORTERS[fmt](src)
+    if followed:
+        said = draft.info.get("layout")
+        draft.info["layout"] = "; ".join([str(said), followed]) if said else followed
     problems = problems + validate_dataset(draft)
     if dim := dim_16bit_pngs(draft):
         said = draft.info.get("layout")
@@ -101,6 +110,32 @@ def import_dataset(
                  "--skip-invalid left none to import" if skipped else "no images found")
         raise DatasetError(f"{src}: {found}; nothing was written{layout}", skipped)
     return write_dataset(draft, dst, overwrite=overwrite, source=src), skipped
+
+
+def _links_out(src: Path, follow: bool) -> str:
+    """Refuse a set holding links to files out of it (``labels/a.txt`` to a secret: its
+    lines were shown in the problems; ``x.png`` to a private picture: copied into DST),
+    naming each link and its target, never what it holds, unless ``follow``. A folder
+    linked out (``images/`` on a share, issue #18) is followed. What is followed is added
+    to the layout line, never silent. A COCO JSON given as a file: the set is its folder
+    (the one above, for an ``annotations/`` folder)."""
+    root = src if src.is_dir() else src.parent
+    if not src.is_dir() and role_of(root.name) == "annotations":
+        root = root.parent
+    found = links_out(root)
+    files = [(rel, target) for rel, target in found if not rel.endswith("/")]
+    if files and not follow:
+        raise DatasetError(
+            f"{root}: {len(files)} symbolic link(s) to files out of the set: {_pairs(files)}; "
+            "nothing was read through them and nothing was written. A set from elsewhere: "
+            "delete those links (find SRC -type l lists them); your own (files on a share): "
+            "pass --follow-links")
+    return f"{len(found)} link(s) out of the set followed ({_pairs(found)})" if found else ""
+
+
+def _pairs(found: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{rel} -> {target}" for rel, target in found[:3])
+    return shown + (f" and {len(found) - 3} more" if len(found) > 3 else "")
 
 
 def _advice(draft: Dataset, problems: list[Problem]) -> str:

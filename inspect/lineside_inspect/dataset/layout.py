@@ -67,6 +67,47 @@ def walk_files(root: Path, odd: list[Path] | None = None) -> list[Path]:
     return out
 
 
+def links_out(root: Path) -> list[tuple[str, str]]:
+    """Each symbolic link under the folder ``root`` (a file or a folder) whose target lies
+    outside it, as (its path under ``root``, the target): found without reading through
+    any of them, or walking a folder one leads to. Skipped as :func:`walk_files` skips
+    (hidden names, ``__MACOSX``); a link to nothing is left to the importer to name (it
+    reads nothing). A dataset is the folder a user hands over: a set from elsewhere can
+    hold ``labels/a.txt`` linked to a secret, whose lines a problem would show."""
+    top = os.path.realpath(root)
+    found: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+
+    def leaves(path: str) -> str | None:
+        if not os.path.islink(path) or not os.path.exists(path):
+            return None
+        target = os.path.realpath(path)
+        return None if target == top or target.startswith(top.rstrip(os.sep) + os.sep) else target
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS):
+            target = leaves(os.path.join(dirpath, d))
+            if target is None:
+                kept.append(d)  # a link within the set is walked (once) as before
+            else:
+                found.append((Path(dirpath, d).relative_to(root).as_posix() + "/", target))
+        dirnames[:] = kept
+        for f in sorted(f for f in filenames if not f.startswith(".")):
+            if (target := leaves(os.path.join(dirpath, f))) is not None:
+                found.append((Path(dirpath, f).relative_to(root).as_posix(), target))
+    return sorted(found)
+
+
 def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
 
