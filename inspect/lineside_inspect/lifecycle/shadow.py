@@ -111,6 +111,9 @@ class ShadowSession:
     results: Any = None
     collector: threading.Thread | None = None
     stopping: threading.Event = field(default_factory=threading.Event)
+    # claimed by whoever ends it (a stop, a replacement, the shutdown, its process's death),
+    # under the runner's lock: the one who claims it ends and records it, once (session 53)
+    ending: bool = False
 
     @property
     def version(self) -> str:
@@ -155,10 +158,10 @@ class ShadowRunner:
         self.records.start_shadow(session.run_id, model=model, version=package.card.version,
                                   sha256=package.card.sha256, sample_rate=sample_rate)
         with self._lock:
-            old = self._sessions.get(model)
+            old = self._claim(self._sessions.get(model))  # None: already being ended
             self._sessions[model] = session
         if old is not None:
-            self._finish(old)
+            self._end(old)
         return session
 
     def _launch(self, session: ShadowSession) -> None:
@@ -202,29 +205,52 @@ class ShadowRunner:
                 return shadow_worker.FAILED, f"not ready within {START_TIMEOUT_S:.0f} s"
 
     def stop(self, model: str) -> ShadowSession | None:
+        """End ``model``'s shadow; returns it, or None if it had none or it is being ended
+        already (its process died: the server records that stop): the caller records
+        the stop it returns, once."""
         with self._lock:
-            session = self._sessions.pop(model, None)
+            session = self._claim(self._sessions.get(model))
         if session is not None:
-            self._finish(session)
+            self._end(session)
         return session
 
     def close(self) -> None:
         with self._lock:
-            sessions = list(self._sessions.values())
-            self._sessions.clear()
+            sessions = [s for s in list(self._sessions.values()) if self._claim(s) is not None]
         for s in sessions:
             try:
-                self._finish(s)
+                self._end(s)
             except Exception as exc:  # the database may be gone at shutdown
                 log.warning("shadow %s: final counts not saved: %s", s.model, exc)
 
-    def _finish(self, session: ShadowSession) -> None:
+    @staticmethod
+    def _claim(session: ShadowSession | None) -> ShadowSession | None:
+        """``session``, now to be ended by the caller (who holds the runner's lock), or
+        None if there is none or someone else is ending it. A stop and the collector
+        finding the process dead both ended it and both recorded it: two ``shadow_stop``
+        entries, the run row marked twice (session 53). It is offered no more frames."""
+        if session is None or session.ending:
+            return None
+        session.ending = True
+        session.stopping.set()
+        return session
+
+    def _end(self, session: ShadowSession) -> None:
+        """End a claimed ``session`` (:meth:`_claim`): its process and collector, its run
+        row marked stopped, then out of the running set. The row says stopped before the
+        session goes: status reads the row once it has (it read "running": false with
+        "stopped_at": null in between, a CI run found)."""
         session.stopping.set()
         session.stopped_at = datetime.now(UTC)
         self._end_process(session)
-        if session.collector is not None:
+        if session.collector is not None and session.collector is not threading.current_thread():
             session.collector.join(5)
-        self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+        try:
+            self.records.update_shadow(session.run_id, session.counts(), stopped=True)
+        finally:  # (a database outage: the session goes all the same)
+            with self._lock:
+                if self._sessions.get(session.model) is session:  # not its replacement
+                    del self._sessions[session.model]
 
     @staticmethod
     def _end_process(session: ShadowSession) -> None:
@@ -345,23 +371,20 @@ class ShadowRunner:
             self._persist()
 
     def _died(self, session: ShadowSession) -> None:
+        with self._lock:
+            if self._claim(session) is None:
+                return  # a stop, a replacement or the shutdown ends it, and records it
         code = session.process.exitcode
         with self._count_lock:
             session.errors += len(session.pending)
             session.pending.clear()
         log.error("shadow %s %s: its process ended (exit code %s); the shadow is stopped",
                   session.model, session.version, code)
-        session.stopping.set()
-        session.stopped_at = datetime.now(UTC)
-        self._end_process(session)
-        # its row says stopped before the session goes: status reads the row once it has
-        # (it read "running": false with "stopped_at": null in between, a CI run found)
         try:
-            self.records.update_shadow(session.run_id, session.counts(), stopped=True)
-        finally:  # (a database outage: the session goes all the same)
-            with self._lock:
-                if self._sessions.get(session.model) is session:
-                    del self._sessions[session.model]
+            self._end(session)
+        except Exception as exc:  # a database outage: the session went all the same
+            log.warning("shadow %s %s: final counts not saved: %s", session.model,
+                        session.version, exc)
         # in the audit log as any other stop, by the server itself (session 52): the log
         # showed a shadow started and never stopped while its status said stopped, and
         # nowhere the operator reads said why
