@@ -153,3 +153,24 @@ def annotate(image: np.ndarray, defects: Detections, verdict: str | None = None)
         cv2.rectangle(out, (0, 0), (right, bottom), color, -1)
         _put(out, verdict.upper(), pad, text_y, text_px, WHITE, bold)
     return out
+
+
+NO_FRAME_SHAPE = (360, 640, 3)  # what a camera that never sent a frame is shown as
+
+
+def unavailable(image: np.ndarray | None, text: str) -> np.ndarray:
+    """A camera's last frame dimmed to a third under a grey banner of ``text`` (a live
+    view's part while its camera is offline or stale: that picture is not the line now);
+    a dark frame when there is none. The text is shrunk to the image's width."""
+    out = np.full(NO_FRAME_SHAPE, 32, np.uint8) if image is None else as_bgr(image) // 3
+    rows, cols = out.shape[:2]
+    banner_px = min(max(MIN_BANNER_PX, BANNER_SHARE * min(rows, cols)), rows)
+    pad = round(banner_px * 0.2)
+    text_px = banner_px * 0.6
+    bold = max(1, round(text_px / 10))
+    (tw, _), _ = cv2.getTextSize(text, FONT, _scale_for(text_px, bold), bold)
+    if tw > cols - 2 * pad:  # a long camera id on a small frame: smaller, never cut
+        text_px *= (cols - 2 * pad) / tw
+    cv2.rectangle(out, (0, 0), (cols - 1, round(banner_px) - 1), (90, 90, 90), -1)
+    _put(out, text, pad, round((banner_px - text_px) / 2), text_px, WHITE, bold)
+    return np.ascontiguousarray(out)

@@ -1236,3 +1236,43 @@ def test_a_folder_camera_closed_from_another_thread_mid_read_does_not_raise(
     frame = source.read()  # the list it began with: the next file
     assert frame is not None and np.abs(frame.astype(int) - counter_frame(1)).mean() < 8
     assert source.files == []  # type: ignore[attr-defined]
+
+
+def test_a_video_file_removed_or_replaced_while_looping_is_reopened(
+        video: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A looping video file camera rewound the capture it opened: a file deleted under it
+    played on for ever, "online", and one replaced was never seen (camera review,
+    session 53). At its end the file is checked: gone, the camera is offline saying why;
+    replaced, the new one plays."""
+    caplog.set_level(logging.WARNING, logger="lineside.cameras")
+    w = CameraWorker("cam", lambda: make_source(str(video), open_timeout_s=1, read_timeout_s=1,
+                                                loop=True, fps=240.0),
+                     stale_after_s=1.0, backoff_base_s=0.05, backoff_max_s=0.2)
+    w.start()
+    try:
+        assert _wait(lambda: w.health()["frames"] > 70)  # looped once at least
+        assert w.health()["reconnects"] == 0
+        video.unlink()
+        assert _wait(lambda: w.health()["state"] == "offline"
+                     and "open failed" in (w.health()["last_error"] or "")), w.health()
+        assert "cannot open video source 'line.avi'" in w.health()["last_error"]
+        # said as what it is, once (not five "frames refused" in a row)
+        offline = [r.getMessage() for r in caplog.records if "offline" in r.getMessage()]
+        assert offline[0] == ("camera cam offline: video file 'line.avi' was removed or "
+                              "changed since it opened"), offline
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30, (200, 100))
+        for _ in range(10):
+            writer.write(np.full((100, 200, 3), 200, np.uint8))
+        writer.release()
+
+        def replaced() -> bool:
+            frame = w.latest()
+            return w.online() and frame is not None and frame.image.shape == (100, 200, 3)
+
+        assert _wait(replaced), w.health()
+        # and a file rewritten in place (here cut short: no longer a video it can open)
+        with video.open("r+b") as f:
+            f.truncate(video.stat().st_size // 2)
+        assert _wait(lambda: w.health()["state"] == "offline"), w.health()
+    finally:
+        assert w.stop()

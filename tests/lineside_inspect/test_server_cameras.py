@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.imageio import decode_image
@@ -130,3 +132,57 @@ def test_a_camera_frame_over_max_pixels_is_refused_not_judged(launch) -> None:
         assert r.status_code == 503 and r.json()["error"]["code"] == "camera_unavailable"
         assert c.get("/v1/cameras/sim/snapshot").status_code == 503
         assert c.get("/v1/inspections").json()["items"] == []
+
+
+def _parts(s: httpx.Response) -> Iterator[tuple[dict[str, str], bytes]]:
+    """The parts of a live view (multipart/x-mixed-replace, boundary 'frame'): headers, JPEG."""
+    buf = b""
+    for chunk in s.iter_bytes():
+        buf += chunk
+        while (head_end := buf.find(b"\r\n\r\n")) >= 0:
+            lines = buf[:head_end].decode().split("\r\n")
+            assert lines[0] == "--frame", lines
+            headers = dict(line.split(": ", 1) for line in lines[1:])
+            size = int(headers["Content-Length"])
+            if len(buf) < head_end + 4 + size + 2:
+                break
+            yield headers, buf[head_end + 4: head_end + 4 + size]
+            buf = buf[head_end + 4 + size + 2:]
+
+
+def test_a_live_view_says_when_its_camera_has_no_frame(launch, tmp_path: Path) -> None:
+    """A folder camera emptied mid-view: the live view sent nothing for 30 s and ended, so
+    the browser kept showing the camera's last frame as if live, for good (camera review,
+    session 53). Now its parts say so: the last frame dimmed under a banner, with the
+    camera's state in a part header."""
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    for i, image in enumerate(sorted(SAMPLE.rglob("*_test.jpg"))[:3]):
+        (folder / f"{i}.jpg").write_bytes(image.read_bytes())
+    shown = [decode_image(f.read_bytes()) for f in sorted(folder.iterdir())]
+    srv = launch(cameras=[CameraConfig(id="cam", source=str(folder), fps=10)])
+    with srv.client("viewer") as c:
+        deadline = time.monotonic() + 30
+        while c.get("/v1/cameras/cam/snapshot").status_code == 503:
+            assert time.monotonic() < deadline, "no frame"
+            time.sleep(0.1)
+        live = 0
+        with c.stream("GET", "/v1/cameras/cam/stream", params={"fps": 10}, timeout=20) as s:
+            assert s.status_code == 200
+            for headers, jpeg in _parts(s):
+                state = headers.get("X-Lineside-Camera-State")
+                if state is None:
+                    live += 1
+                    if live == 2:
+                        for f in folder.iterdir():  # the camera's source gone
+                            f.unlink()
+                elif live >= 2:  # (a capture thread starved before it is stale too)
+                    down = decode_image(jpeg)
+                    break
+    assert state in ("offline", "stale"), state
+    assert down.shape == (640, 640, 3)
+    # one of the camera's frames under the banner, dimmed to a third: not shown as live
+    below = (slice(60, None), slice(None))
+    assert min(np.abs(down[below].astype(int) - frame[below] // 3).mean() for frame in shown) < 6
+    assert all(frame[below].mean() / 2 > down[below].mean() for frame in shown)
+    assert down[:40].mean() > 60  # the grey banner with its text

@@ -28,6 +28,11 @@ _OPENCV_DECODES: dict[str, str] = {}
 _OPENCV_DECODES_MAX = 256
 
 
+class SourceChanged(ImageError):
+    """A looping video file removed or changed since it opened: not a frame refused (the
+    worker ends the connection at once and opens the file as it is now)."""
+
+
 class FrameSource(Protocol):
     def open(self) -> None: ...
 
@@ -65,6 +70,7 @@ class OpenCVSource:
         self.is_file = Path(source).is_file()
         self.fps = fps
         self.cap: cv2.VideoCapture | None = None
+        self._file: tuple[int, ...] | None = None  # a video file as it opened (_file_id)
         self._next = 0.0
         self.ended = False
         # close() from another thread (a stop, a shutdown) while this source's own thread
@@ -103,11 +109,14 @@ class OpenCVSource:
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_ms,
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_ms]
         backend = cv2.CAP_GSTREAMER if "!" in self.source else cv2.CAP_ANY
+        # taken before the open: a file changed during it is then reopened at its end
+        opening = _file_id(self.source) if self.is_file else None
         cap = cv2.VideoCapture(src, backend, params)
         if not cap.isOpened():
             cap.release()
             raise ImageError(f"cannot open video source {shown_source(self.source)!r}")
         self.cap = cap
+        self._file = opening
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little")
         if not self.is_file and cap.getBackendName() == "FFMPEG" and fourcc in CODECS \
                 and self.source not in _OPENCV_DECODES and cap.set(cv2.CAP_PROP_FORMAT, -1):
@@ -161,6 +170,12 @@ class OpenCVSource:
                 time.monotonic() - began >= self.read_timeout_ms / 1000:
             raise silent(self.read_timeout_ms / 1000)  # (the worker: "stalled: ...")
         if not ok and self.is_file and self.loop:
+            if _file_id(self.source) != self._file:
+                # the open capture went on looping the file it opened: a deleted one for
+                # ever, "online", and a video replaced or cut short was never seen (camera
+                # review, session 53). Reopened: the file as it is now, or offline
+                raise SourceChanged(f"video file {shown_source(self.source)!r} was removed or "
+                                    "changed since it opened")
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, frame = self.cap.read()
         elif not ok and self.is_file:
@@ -212,6 +227,15 @@ class OpenCVSource:
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+
+
+def _file_id(path: str) -> tuple[int, ...] | None:
+    """What tells a file from its replacement or an edit of it; None once it is gone."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class FolderSource:

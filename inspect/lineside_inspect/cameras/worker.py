@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.cameras.h26x import StreamStalled
-from lineside_inspect.cameras.sources import FrameSource
+from lineside_inspect.cameras.sources import FrameSource, SourceChanged
 from lineside_inspect.errors import ImageError
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.redact import hide_secrets
@@ -209,6 +209,8 @@ class CameraWorker:
                 image = source.read()
             except StreamStalled as exc:  # not a frame refused: no frame comes at all
                 return f"stalled: {exc}"
+            except SourceChanged as exc:  # not a frame refused: the file is another now
+                return str(exc)
             except ImageError as exc:  # over max_pixels, cut short, broken: never judged
                 # a lossy link's lone broken JPEG is skipped (each cost a reconnect, the
                 # stream's start again); only a stream of them is a failure

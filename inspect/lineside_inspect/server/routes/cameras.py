@@ -6,6 +6,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -13,7 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lineside_inspect.cameras import CameraManager, CameraUnavailable
-from lineside_inspect.draw import annotate
+from lineside_inspect.draw import annotate, unavailable
 from lineside_inspect.errors import Forbidden, LinesideError, Overloaded
 from lineside_inspect.imageio import encode_jpeg
 from lineside_inspect.names import Name, PartId
@@ -43,6 +44,9 @@ RECHECK_S = 2.0  # a live view checks its caller again this often
 # a live view of a camera that stays without a frame this long ends (it sent nothing,
 # so the slow-reader abort never saw it: it held its connection for ever)
 OFFLINE_END_S = 30.0
+# while its camera has no frame, a live view sends its last one dimmed under a banner
+# saying so this often: it showed that frame as live for those 30 s, and for good after
+DOWN_PART_S = 1.0
 
 
 class LiveViews:
@@ -165,6 +169,31 @@ def _frame_jpeg(manager: CameraManager, camera_id: str) -> bytes:
     return jpeg
 
 
+def _down_jpeg(manager: CameraManager, camera_id: str, *,
+               ended: bool = False) -> tuple[bytes, str] | None:
+    """A live view's part while its camera has no frame now: the last one dimmed, under
+    "camera ID offline: no new frame for N s" (and "live view ended" as the view ends),
+    with the camera's state; None if it is online again meanwhile."""
+    worker = manager.worker(camera_id)
+    h, frame = worker.health(), worker.latest()
+    if h["state"] == "online":
+        return None
+    age = h["last_frame_age_s"]
+    said = f"camera {camera_id} {h['state']}: " + (
+        "no frame yet" if age is None else f"no new frame for {age:.0f} s")
+    if ended:
+        said += " - live view ended"
+    image = unavailable(None if frame is None else frame.image, said)
+    return encode_jpeg(image, quality=80), str(h["state"])
+
+
+def _part(jpeg: bytes, state: str | None = None) -> bytes:
+    """One part of a live view; a frame that is not live says its camera's state."""
+    head = b"" if state is None else b"X-Lineside-Camera-State: " + state.encode() + b"\r\n"
+    return (b"--frame\r\nContent-Type: image/jpeg\r\n" + head + b"Content-Length: "
+            + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+
+
 @router.get("/{camera_id}/snapshot", response_class=Response, responses={
     **media("the newest frame with the last verdict drawn", "image/jpeg"),
     **errors(401, 403, 404, 503)})
@@ -179,8 +208,10 @@ def snapshot(camera_id: str, request: Request, who: Viewer) -> Response:
 async def stream(camera_id: str, request: Request, who: Viewer,
                  fps: Annotated[float, Query(ge=0.2, le=30)] = 5.0) -> StreamingResponse:
     """MJPEG (multipart/x-mixed-replace) with the last verdict drawn. 503 when the camera
-    has no frame now (as its snapshot) or ``max_live_views`` are open; a view ends when
-    its camera stays without a frame for 30 s."""
+    has no frame now (as its snapshot) or ``max_live_views`` are open. While its camera
+    has no frame (offline or stale), a part each second is its last frame dimmed under a
+    banner saying so, with the part header ``X-Lineside-Camera-State``; a view ends when
+    its camera stays without a frame for 30 s, on a last such part saying it ended."""
     manager = get_cameras(request)
     first = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
     views, holder = live_views(request), key_holder(request, who)
@@ -189,7 +220,7 @@ async def stream(camera_id: str, request: Request, who: Viewer,
     async def frames() -> AsyncIterator[bytes]:
         checked = time.monotonic()
         jpeg: bytes | None = first
-        seen = time.monotonic()
+        seen = told = time.monotonic()
         while not views.closing and not await request.is_disconnected():
             if time.monotonic() - checked > RECHECK_S:
                 # the caller was checked once, at the start: a signed-out or expired
@@ -203,13 +234,19 @@ async def stream(camera_id: str, request: Request, who: Viewer,
                 try:
                     jpeg = await anyio.to_thread.run_sync(lambda: _frame_jpeg(manager, camera_id))
                 except CameraUnavailable:
-                    if time.monotonic() - seen > OFFLINE_END_S:
+                    ended = time.monotonic() - seen > OFFLINE_END_S
+                    if ended or time.monotonic() - told >= DOWN_PART_S:
+                        told = time.monotonic()
+                        down = await anyio.to_thread.run_sync(
+                            partial(_down_jpeg, manager, camera_id, ended=ended))
+                        if down is not None:
+                            yield _part(*down)
+                    if ended:
                         return
                     await _pause(views, 0.5)
                     continue
-            seen = time.monotonic()
-            yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                   + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+            seen = told = time.monotonic()
+            yield _part(jpeg)
             jpeg = None
             await _pause(views, 1.0 / fps)
 
