@@ -431,7 +431,8 @@ class UnstorableValueError(LinesideError):
 
 class InvalidUrlError(LinesideError):
     """A request URL whose path or query holds a control character (NUL, CR, LF, ...):
-    no name, id or filter of this API has one, and some databases cannot store them."""
+    no name, id or filter of this API has one, and some databases cannot store them; or
+    whose query holds bytes that are no UTF-8 (each was read as U+FFFD, two ids as one)."""
 
     code = "invalid_url"
     status = 400

@@ -15,6 +15,7 @@ folder or prefix it is joined to.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, StringConstraints, WithJsonSchema
@@ -72,14 +73,40 @@ OneLine = Annotated[str, AfterValidator(_one_line)]
 BIDI_RE = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+# what an identifier never holds beyond those (session 53), by Unicode category: every
+# control (the C1 ones too: U+0085 is a line break to Python's splitlines, U+009B a
+# terminal's escape), every format character (zero-width spaces and joiners, U+2060, the
+# BOM, a soft hyphen, tags, and the bidi ones above), the line and paragraph separators
+# U+2028/U+2029, and a lone surrogate: "SN-1\u200b" showed as SN-1 on every page and
+# export yet matched no filter for SN-1, and each was kept and passed on as sent
+NOT_PLAIN_CATEGORIES = {"Cc": "a control character", "Cf": "an invisible format character",
+                        "Zl": "a line separator", "Zp": "a paragraph separator",
+                        "Cs": "a lone surrogate"}
+
+
+def plain_problem(value: str) -> str | None:
+    """Why ``value`` is no plain identifier, naming its first character that makes it so by
+    its code point (what a page, a log line or an export shows of it), or None."""
+    if value.isprintable():  # the usual case, at C speed: no Cc, Cf, Zl, Zp, Cs (nor Z*)
+        return None
+    for at, char in enumerate(value):
+        what = NOT_PLAIN_CATEGORIES.get(unicodedata.category(char))
+        if what is not None:
+            if BIDI_RE.fullmatch(char):
+                what = "a bidirectional control character"
+            return f"must not contain {what} (U+{ord(char):04X} at character {at + 1})"
+    return None
+
+
 def _plain_line(value: str) -> str:
-    _one_line(value)
-    if BIDI_RE.search(value):
-        raise ValueError("must not contain a bidirectional control character (U+202E, ...)")
+    problem = plain_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
-# an identifier a request brings to be shown and kept (a part id): one line, read in order
+# an identifier a request brings to be shown and kept (a part id): one line, read in order,
+# every character one that shows (names.plain_problem)
 PlainLine = Annotated[str, AfterValidator(_plain_line)]
 
 # a part id: what POST /v1/inspect and a camera trigger keep, and what every part filter

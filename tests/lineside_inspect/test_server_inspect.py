@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.opencv import cv2
@@ -136,6 +137,83 @@ def test_a_part_id_with_a_bidi_control_is_refused(srv, image_bytes: bytes, part_
         ok = c.post("/v1/inspect", params={"part_id": "SN-ünïcode-板-1"}, content=image_bytes,
                     headers={"content-type": "image/jpeg"})
         assert ok.status_code == 200 and ok.json()["part_id"] == "SN-ünïcode-板-1"
+
+
+@pytest.mark.parametrize("part_id,said", [
+    ("SN-1\u200b", "an invisible format character (U+200B at character 5)"),  # zero-width space
+    ("SN\u00ad1", "an invisible format character (U+00AD at character 3)"),  # soft hyphen
+    ("\ufeffSN-1", "an invisible format character (U+FEFF at character 1)"),  # BOM
+    ("SN-1\U000e0041", "an invisible format character (U+E0041 at character 5)"),  # a tag
+    ("SN\u0085FORGED", "a control character (U+0085 at character 3)"),  # C1 next line
+    ("SN\u009b31m", "a control character (U+009B at character 3)"),  # C1 CSI
+    ("SN\u2028FORGED", "a line separator (U+2028 at character 3)"),
+    ("SN\u2029FORGED", "a paragraph separator (U+2029 at character 3)"),
+    ("SN-1\u202e", "a bidirectional control character (U+202E at character 5)"),
+])
+def test_a_part_id_with_an_invisible_or_line_breaking_character_is_refused(
+        srv, image_bytes: bytes, part_id: str, said: str) -> None:
+    """"SN-1" + U+200B showed as SN-1 on the review page, the dashboard and the CSV, yet
+    matched no filter for SN-1; U+0085 and U+2028 start a line in Python's logs, U+009B a
+    terminal escape. Each was kept and passed on as sent (session 53): now a 422 naming
+    the field and the character by its code point, at the inspection, the camera trigger
+    and every part filter alike (one type), and nothing is stored. An id kept before
+    still lists and shows."""
+    store = srv.app.state.store
+    with srv.client("line") as c, srv.client("reviewer") as v:
+        store.flush()
+        before = v.get("/v1/inspections", params={"limit": 1}).json()["total"]
+        r = c.post("/v1/inspect", params={"part_id": part_id}, content=image_bytes,
+                   headers={"content-type": "image/jpeg"})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == f"query.part_id: must not contain {said}"
+        r = c.post("/v1/cameras/nope/trigger", params={"part_id": part_id})
+        assert r.status_code == 422 and said in r.json()["error"]["message"], r.text
+        for path in ("/v1/inspections", "/v1/stats", "/v1/stats.csv"):
+            r = v.get(path, params={"part_id": part_id})
+            assert r.status_code == 422 and said in r.json()["error"]["message"], (path, r.text)
+        store.flush()
+        assert v.get("/v1/inspections", params={"limit": 1}).json()["total"] == before
+        # an id an older server kept: listed and shown as kept
+        ok = c.post("/v1/inspect", params={"part_id": "SN-1"}, content=image_bytes,
+                    headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200, ok.text
+        store.flush()
+        with store.engine.begin() as db:
+            db.execute(text("UPDATE inspections SET part_id = :p WHERE id = :i"),
+                       {"p": part_id, "i": ok.json()["id"]})
+        r = v.get(f"/v1/inspections/{ok.json()['id']}")
+        assert r.status_code == 200 and r.json()["part_id"] == part_id
+        listed = v.get("/v1/inspections", params={"limit": 1}).json()["items"]
+        assert [i["part_id"] for i in listed] == [part_id]
+
+
+def test_a_query_that_is_not_utf8_is_refused_not_read_as_another_id(srv, image_bytes: bytes) -> None:
+    """A reader sending its serials in Latin-1 ("SN-Ü1" as ``SN-%DC1``): each byte that
+    is no UTF-8 was read as U+FFFD, so SN-Ü1 and SN-Ö1 (``SN-%D61``) were kept as one part
+    id, neither as sent, and a filter for either found both. A 400 naming the byte now,
+    before anything is kept; the same id sent as UTF-8 is kept as sent."""
+    store = srv.app.state.store
+    with srv.client("line") as c, srv.client("reviewer") as v:
+        store.flush()
+        before = v.get("/v1/inspections", params={"limit": 1}).json()["total"]
+        for query, byte in (("part_id=SN-%DC1", "0xDC"), ("part_id=SN-%D61", "0xD6"),
+                            ("camera_id=cam1&part_id=%FF", "0xFF")):
+            r = c.post(f"/v1/inspect?{query}", content=image_bytes,
+                       headers={"content-type": "image/jpeg"})
+            assert r.status_code == 400, r.text
+            err = r.json()["error"]
+            assert err["code"] == "invalid_url" and f"query holds byte {byte}, which is not UTF-8" \
+                in err["message"], err
+            r = v.get(f"/v1/inspections?{query}")
+            assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_url", r.text
+        store.flush()
+        assert v.get("/v1/inspections", params={"limit": 1}).json()["total"] == before
+        ok = c.post("/v1/inspect?part_id=SN-%C3%9C1", content=image_bytes,
+                    headers={"content-type": "image/jpeg"})
+        assert ok.status_code == 200 and ok.json()["part_id"] == "SN-\u00dc1", ok.text
+        store.flush()
+        found = v.get("/v1/inspections", params={"part_id": "SN-\u00dc1"}).json()["items"]
+        assert [i["id"] for i in found] == [ok.json()["id"]]
 
 
 def test_body_over_the_limit_is_413(launch, image_bytes: bytes) -> None:

@@ -542,8 +542,8 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
     expect(note).to_have_text(
         f'This link: camera_id "{"c" * 60}…": refused by the figures (String should have at '
         'most 128 characters), the default (all) shown; part_id "aU+202Eb": refused by the '
-        "figures (must not contain a bidirectional control character (U+202E, ...)), left out. "
-        "Dismiss")
+        "figures (must not contain a bidirectional control character (U+202E at character 2)), "
+        "left out. Dismiss")
     expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
     expect(camera).to_have_value("*")
     expect(page.locator("#scope [name=part_id]")).to_have_value("")
@@ -556,7 +556,7 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
         part.press("Enter")
     expect(page.locator("#status")).to_have_text(
         "this filter is refused (query.part_id: must not contain a bidirectional control "
-        "character (U+202E, ...)): change it or clear it")
+        "character (U+202E at character 2)): change it or clear it")
     expect(note).to_have_count(0)
     expect(page.locator("#stations tbody tr")).to_have_count(0)
     expect(page.locator("#k-yield")).to_have_text("–")
@@ -644,7 +644,7 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
         f'The scope kept in this tab: hours "{xss}": not a window of whole hours from 1 to '
         '2160, the default (24 h) shown; per "week": not hourly or shifts, the default (hour) '
         'shown. part_id "aU+202Eb": refused by the figures (must not contain a bidirectional '
-        "control character (U+202E, ...)), left out. Dismiss")
+        "control character (U+202E at character 2)), left out. Dismiss")
     expect(detail).to_have_text("no inspections in the last 24 h")
     expect(whose).to_have_text(f"No inspections for camera {xss} in the last 24 h: the figures "
                                "below are empty, not a shift without fails")

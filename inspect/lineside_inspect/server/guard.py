@@ -169,6 +169,14 @@ def _check_url(scope: Scope) -> None:
     if where is not None:
         raise InvalidUrlError(f"the URL's {where} holds a control character (NUL, CR, LF, ...): "
                               "names, ids and filters are plain text")
+    # bytes that are no UTF-8 (a reader sending Latin-1: "SN-%DC1") were each read as
+    # U+FFFD: "SN-%DC1" and "SN-%D61" were kept as one part id, neither as sent (session 53)
+    try:
+        query.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidUrlError(
+            f"the URL's query holds byte 0x{query[exc.start]:02X}, which is not UTF-8: send "
+            "names, ids and filters percent-encoded as UTF-8 ('Ü' is %C3%9C)") from None
 
 
 def _quote(value: str) -> str:
