@@ -44,7 +44,7 @@ from lineside_inspect.server.metrics import Metrics
 from lineside_inspect.store import Store
 from lineside_inspect.store.models import InspectionRow
 
-from .fleet_peers import free_port
+from .fleet_peers import Weed, free_port, weed_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
@@ -264,6 +264,94 @@ def test_a_bucket_deleted_while_the_hub_runs_is_made_again(tmp_path: Path, weed:
             box.post(box.path(FORWARD), ForwardBatch(items=[second]), ForwardAck)
         ack = box.post(box.path(FORWARD), ForwardBatch(items=[second]), ForwardAck)
         assert ack.stored == 1 and objects.exists(hub.store.get(second.id).image_path)
+
+
+def test_an_object_store_that_refuses_or_goes_away_is_said_once_while_it_lasts(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store's key rotated under a running hub: every forward was a 503 and the hub's
+    log said nothing (a refusal was never logged; an unreachable store was a line per
+    call). Now one line per cause while it lasts, naming the store's code (never a key),
+    and its end with the count once the store answers again (session 53)."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("weed not installed")
+    weed = Weed(tmp_path / "weed", binary, election_timeout_s=1)  # its own: restarted here
+    weed.start()
+    secret = weed.secret_key
+    try:
+        with ServedHub(hub_settings(tmp_path, weed.settings("fleet-store-outage"))) as hub:
+            box = client(hub)
+            assert box.post(box.path(FORWARD), ForwardBatch(items=[_item(1, image=_png(7))]),
+                            ForwardAck).stored == 1
+
+            def forwards_refused(first: int) -> list[str]:
+                caplog.clear()
+                with caplog.at_level("INFO", logger="lineside"):
+                    for seq in range(first, first + 3):
+                        with pytest.raises(HubUnavailable, match="object_store_unavailable"):
+                            box.post(box.path(FORWARD),
+                                     ForwardBatch(items=[_item(seq, image=_png(seq))]), ForwardAck)
+                return [r.getMessage() for r in caplog.records if "object store" in r.getMessage()]
+
+            weed.stop()
+            weed.secret_key = "rotated-on-the-store"  # the hub still holds the old one
+            weed.start()
+            said = forwards_refused(2)
+            assert len(said) == 1, said  # before: none at all
+            assert "refused put: SignatureDoesNotMatch" in said[0], said  # the store's code
+            assert secret not in caplog.text and "rotated-on-the-store" not in caplog.text
+            weed.stop()
+            said = forwards_refused(5)
+            assert len(said) == 1 and "unreachable" in said[0], said  # before: one per call
+            weed.secret_key = secret  # the key given back, the store started
+            weed.start()
+            caplog.clear()
+            with caplog.at_level("INFO", logger="lineside"):
+                ack = box.post(box.path(FORWARD), ForwardBatch(items=[_item(8, image=_png(8))]),
+                               ForwardAck)
+            assert ack.stored == 1
+            over = [r.getMessage() for r in caplog.records if ": over (" in r.getMessage()]
+            assert len(over) == 2, over  # refused 3 times, unreachable 3 times: each said
+            assert any("refuses requests" in o and "after 3 time(s)" in o for o in over), over
+            assert any("unreachable" in o for o in over), over
+    finally:
+        weed.stop()
+
+
+def test_a_box_whose_clock_is_ahead_is_said_once_not_once_per_inspection(
+        tmp_path: Path, weed: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A box whose clock ran a day ahead (NTP broken): each of its inspections was a
+    warning line in the hub's log, its backlog of thousands as many lines. Now one line
+    while it lasts (and each minute, with the count), and one when its dates are right
+    again, with how many were stored at the hub's time (session 53)."""
+    def batch(first: int, when: datetime) -> ForwardBatch:
+        items = []
+        for seq in range(first, first + 20):
+            iid = uuid.uuid4().hex
+            items.append(ForwardedInspection(seq=seq, id=iid, site="plant1", line="line1",
+                                             record=_record(iid, when)))
+        return ForwardBatch(items=items)
+
+    with ServedHub(hub_settings(tmp_path, weed.settings("fleet-clock-ahead"))) as hub:
+        box = client(hub)
+        ahead = datetime.now(UTC) + timedelta(days=1)
+        with caplog.at_level("INFO", logger="lineside.hub"):
+            for first in (1, 21, 41):
+                sent = batch(first, ahead)
+                assert box.post(box.path(FORWARD), sent, ForwardAck).stored == 20
+            again = box.post(box.path(FORWARD), sent, ForwardAck)  # a retry: not said again
+            assert again.stored == 0
+            right = box.post(box.path(FORWARD), batch(61, datetime.now(UTC)), ForwardAck)
+        assert right.stored == 20
+        said = [r.getMessage() for r in caplog.records if "clock" in r.getMessage()]
+        assert len(said) == 2, said  # before: 60, one per inspection
+        assert "box box1 dates inspections ahead of the hub's clock" in said[0]
+        assert "stored at the hub's time" in said[0] and "ahead)" in said[0]
+        assert "box box1 dates its inspections by the hub's clock again; 60 of them" in said[1]
+        with Session(hub.store.engine) as s:  # each stored once, at the hub's time
+            dates = s.scalars(select(InspectionRow.created_at)).all()
+        assert len(dates) == 80 and all(d.replace(tzinfo=UTC) < ahead - timedelta(hours=23)
+                                        for d in dates)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,12 @@ the ``minio`` client (a kept library; no home-made S3 signing).
 
 Keys are made by Lineside, never taken whole from a request: each part is full-matched
 before it becomes a key, so a key cannot climb out of its prefix.
+
+A store that refuses (a wrong or rotated key, a bucket gone, a full or read-only store) or
+cannot be reached is logged once while it lasts (and each minute, with the count), and
+its end with the count (:class:`~lineside_inspect.outage_log.OutageLog`): a refusal was
+never logged (every forward a 503, the hub's log silent), and an unreachable store was a
+line per call (session 53).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import IO, Any
 from lineside_inspect.errors import DamagedObject, NotFoundError, ObjectStoreUnavailable
 from lineside_inspect.fleet.config import ObjectStoreSettings
 from lineside_inspect.names import is_object_key
+from lineside_inspect.outage_log import OutageLog
 
 log = logging.getLogger("lineside.hub")
 
@@ -46,24 +53,46 @@ class ObjectStore:
         self.client = Minio(settings.endpoint, access_key=settings.access_key.get_secret_value(),
                             secret_key=settings.secret_key.get_secret_value(),
                             secure=settings.secure, region=settings.region, http_client=http)
+        self.outages = OutageLog(log)  # refusals and unreachability, said once while they last
 
-    def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+    def _refused(self, what: str, code: str) -> None:
+        # one cause whatever its code (a wrong key is SignatureDoesNotMatch to a put,
+        # AccessDenied to a bucket check): the first one is said
+        self.outages.failed(f"the object store {self.settings.endpoint}/{self.bucket} refuses "
+                            "requests", logging.WARNING,
+                            "object store %s/%s refused %s: %s (a wrong or rotated key, a "
+                            "bucket gone, a full store?); forwarded inspections wait on "
+                            "their boxes", self.settings.endpoint, self.bucket, what, code)
+
+    def _answered(self) -> None:
+        if self.outages.open:
+            self.outages.ended("the object store")
+
+    def _call(self, what: str, fn: Any, *args: Any, lazy: bool = False, **kw: Any) -> Any:
+        """``fn(*args, **kw)``, its failures said and raised as ours. ``lazy``: it returns
+        an iterator whose requests are made as it is read (the caller says how it went)."""
         from minio.error import S3Error
 
         try:
-            return fn(*args, **kw)
+            found = fn(*args, **kw)
         except S3Error as e:
-            if e.code in ("NoSuchKey", "NoSuchObject"):
+            if e.code in ("NoSuchKey", "NoSuchObject"):  # an answer: the store works
+                self._answered()
                 raise NotFoundError(f"no object {args[1] if len(args) > 1 else ''!s}") from None
+            self._refused(what, str(e.code)[:64])
             raise ObjectStoreUnavailable(f"object store refused {what}: {e.code}") from None
         except NotFoundError:
             raise
         except Exception as e:  # connection refused, timeouts, TLS: the store is unreachable
             # the store's address is the hub's business, not a box key's: logged only
-            log.warning("object store %s unreachable during %s: %s", self.settings.endpoint,
-                        what, type(e).__name__)
+            self.outages.failed(f"the object store {self.settings.endpoint} is unreachable",
+                                logging.WARNING, "object store %s unreachable during %s: %s",
+                                self.settings.endpoint, what, type(e).__name__)
             raise ObjectStoreUnavailable(
                 f"the object store is unreachable (during {what}); retry later") from None
+        if not lazy:
+            self._answered()
+        return found
 
     def ensure_bucket(self) -> None:
         if not self._call("bucket check", self.client.bucket_exists, self.bucket):
@@ -116,14 +145,17 @@ class ObjectStore:
         for key in keys:
             check_key(key)
         errors = self._call("delete", self.client.remove_objects, self.bucket,
-                            [DeleteObject(k) for k in keys])
+                            [DeleteObject(k) for k in keys], lazy=True)
         try:  # lazy: the requests are made while the errors are read
-            return [e.name for e in errors]
+            left = [e.name for e in errors]
         except Exception as e:
-            log.warning("object store %s: deleting %d objects failed: %s",
-                        self.settings.endpoint, len(keys), type(e).__name__)
+            self.outages.failed(f"the object store {self.settings.endpoint} is unreachable",
+                                logging.WARNING, "object store %s: deleting %d objects failed: %s",
+                                self.settings.endpoint, len(keys), type(e).__name__)
             raise ObjectStoreUnavailable("the object store is unreachable (during delete); "
                                          "retry later") from None
+        self._answered()
+        return left
 
     def keys(self, prefix: str = "") -> Iterator[str]:
         from minio.error import S3Error
@@ -131,14 +163,16 @@ class ObjectStore:
         if prefix:
             check_key(prefix.rstrip("/"))
         objs = self._call("list", self.client.list_objects, self.bucket, prefix=prefix,
-                          recursive=True)
+                          recursive=True, lazy=True)
         try:
             for o in objs:
                 yield o.object_name
         except S3Error as e:  # a wrong key, a missing bucket: named, as put and get name it
+            self._refused("list", str(e.code)[:64])
             raise ObjectStoreUnavailable(f"object store refused list: {e.code}") from None
         except Exception as e:
             raise ObjectStoreUnavailable(f"object store list failed: {type(e).__name__}") from None
+        self._answered()
 
 
 class _Body(io.RawIOBase):

@@ -83,7 +83,7 @@ def setup_store(app: FastAPI, hub: HubSettings) -> None:
         try:
             objects.ensure_bucket()
         except ObjectStoreUnavailable as exc:
-            log.warning("hub: %s; forwarding waits for it", exc.message)
+            log.info("hub: %s at start; forwarding waits for it", exc.message)  # (said: objects.py)
         store = Store(hub.data_dir, hub.database_url, box_id=HUB_BOX_ID, lock=lock,
                       pass_rate=0.0, images=ObjectImages(objects))
         if not db_lock:  # an app run_hub did not make (it takes the lock before serving)

@@ -73,6 +73,7 @@ from lineside_inspect.imageio import check_decodable
 from lineside_inspect.names import BIDI_RE, CONTROL_RE, MAX_CLASS_NAME, scrub_text
 from lineside_inspect.names import MAX_CLASSES as MAX_CARD_CLASSES
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
+from lineside_inspect.outage_log import OutageLog
 from lineside_inspect.package import MAX_DETECTIONS
 from lineside_inspect.schemas import ReferenceUsed, StoredInspection
 from lineside_inspect.server.deps import Principal, RoleFirstRoute, require
@@ -109,6 +110,9 @@ class Ingest:
         # a batch's images go up side by side: each put is a round trip to the store
         self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hub-put")
         self._bucket_ready = False
+        # per box: its inspections dated ahead of the hub's clock, said once while it lasts
+        # (a line each, a box whose clock ran a day ahead wrote one per inspection)
+        self._clocks: dict[str, OutageLog] = {}
 
     def close(self) -> None:
         self._puts.shutdown(wait=True)
@@ -160,13 +164,39 @@ class Ingest:
             # (read before the commit, which expires the rows' attributes)
             refs = {rows[i.seq].row.reference_path: rows[i.seq].reference for i in new
                     if rows[i.seq].reference is not None and rows[i.seq].row.reference_path}
+            ahead = [(i.id, rows[i.seq].dated) for i in new]
             stored = self._commit(box_id, [rows[i.seq].row for i in new], seqs[-1])
             self._keep_references(refs)
+            if new:
+                self._say_clock(box_id, ahead, now)
         if stored:
             log.info("hub: box %s: %d inspection(s) stored through seq %d", box_id, stored,
                      seqs[-1])
         return ForwardAck(through_seq=max(cursor, seqs[-1]), stored=stored,
                           duplicates=len(items) - stored)
+
+    def _say_clock(self, box_id: str, stored: list[tuple[str, datetime | None]],
+                   now: datetime) -> None:
+        """Of the inspections of ``box_id`` just stored (id, the box's date when it was
+        over MAX_CLOCK_AHEAD after ``now``), those stored at the hub's time: said once
+        while the box's clock is ahead, and each minute with their count; its first batch
+        dated right again says how many were."""
+        clock = self._clocks.get(box_id)  # (box ids are key names: as many as keys)
+        ahead = [(i, dated) for i, dated in stored if dated is not None]
+        if not ahead:
+            if clock is not None and clock.open:
+                for _, total, _unsaid in clock.quiet(None):
+                    log.warning("hub: box %s dates its inspections by the hub's clock again; "
+                                "%d of them had been stored at the hub's time", box_id, total)
+            return
+        if clock is None:
+            clock = self._clocks[box_id] = OutageLog(log)
+        for inspection_id, dated in ahead:
+            clock.failed("ahead", logging.WARNING,
+                         "hub: box %s dates inspections ahead of the hub's clock (%s is dated "
+                         "%s, %s ahead): they are stored at the hub's time; is the box's clock "
+                         "right (NTP)?", box_id, inspection_id, dated.isoformat(),
+                         str(dated - now).split(".")[0])
 
     def _held(self, box_id: str, ids: list[str]) -> set[str]:
         """Which of ``ids`` the hub holds from ``box_id``; an id held from another box is
@@ -282,6 +312,7 @@ class _Prepared:
     row: InspectionRow
     image: bytes | None
     reference: bytes | None
+    dated: datetime | None = None  # the box's date, when too far ahead to keep
 
 
 INT_RANGE = 2**31  # the database's INTEGER columns
@@ -341,10 +372,9 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         raise RecordError(f"item seq {item.seq}: record.created_at: out of range once taken "
                           "to UTC") from None
     now = now or datetime.now(UTC)
-    if created > now + MAX_CLOCK_AHEAD:
-        log.warning("hub: box %s inspection %s is dated %s, ahead of the hub's clock: "
-                    "stored at the hub's time", box_id, rec.id, created.isoformat())
-        created = now
+    dated = None
+    if created > now + MAX_CLOCK_AHEAD:  # (said by Ingest.apply once stored)
+        dated, created = created, now
     if rec.width * rec.height > MAX_IMAGE_PIXELS or min(rec.width, rec.height) < 1:
         raise RecordError(f"item seq {item.seq}: record size {rec.width}x{rec.height} is not "
                           f"an image of 1 to {MAX_IMAGE_PIXELS} pixels")
@@ -385,7 +415,7 @@ def _row(box_id: str, item: ForwardedInspection, now: datetime | None = None) ->
         v = values[column]
         if v is not None and len(v) > width:
             raise RecordError(f"item seq {item.seq}: {column} is over {width} characters")
-    return _Prepared(InspectionRow(**values), image, reference)
+    return _Prepared(InspectionRow(**values), image, reference, dated)
 
 
 def _reference_check(ref: ReferenceUsed | None) -> dict[str, Any] | None:
