@@ -504,7 +504,8 @@ def train_cmd(
         "over the config file's, a --set or flag given again applied where it may change"))] = False,
     time: Annotated[str | None, typer.Option(
         "--time", help=("train to this budget (30m, 90s, 1h, 1h30m; a bare number is "
-                        "minutes): the schedule is fitted to it"))] = None,
+                        "minutes): the schedule is fitted to it; with --resume, the whole "
+                        "run's (its earlier sessions' time counts)"))] = None,
     threads: Annotated[int | None, typer.Option(min=1, help=(
         "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:

@@ -353,3 +353,84 @@ def test_an_evaluation_just_before_the_final_one_is_skipped() -> None:
     assert not far.evaluate_now(18)  # as the plan counted
     far.plan.total_steps = 1714 + 196
     assert far.evaluate_now(18)
+
+
+def _simulated_run(seconds: float, step_s: Callable[[float], float], eval_idle: float,
+                   steps_per_epoch: int = 98) -> tuple[float, Budget]:
+    """A budgeted run as the engine drives its :class:`Budget`, on a clock of its own:
+    a step takes ``step_s(now)`` seconds, an evaluation ``eval_idle`` times as many as the
+    steps are slower than 1 s (a loaded machine slows both). Returns when it ended."""
+    now = [0.0]
+    plan = SchedulePlan(total_steps=30 * steps_per_epoch, warmup_steps=steps_per_epoch,
+                        ema_decay=0.998)
+    budget = Budget(seconds, steps_per_epoch=steps_per_epoch, eval_every=2, plan=plan,
+                    warmup_wanted=steps_per_epoch, base_decay=0.998, eval_images=400,
+                    batch_size=16, eval_share=0.1, clock=lambda: now[0])
+    epoch = 0
+    while True:
+        budget.epoch, budget.epoch_start = epoch, budget.step
+        for _ in range(steps_per_epoch):
+            if budget.steps_left() == 0 or budget.out_of_time():
+                break
+            took = step_s(now[0])
+            now[0] += took
+            budget.record_step(took)
+            if budget.due():
+                budget.refit()
+        budget.refit()
+        last = budget.steps_left() == 0 or budget.out_of_time()
+        if last or budget.evaluate_now(epoch + 1):
+            took = eval_idle * step_s(now[0])
+            now[0] += took
+            budget.record_eval(took, epoch + 1)
+        epoch += 1
+        if last or budget.out_of_time():
+            return now[0], budget
+
+
+def test_a_machine_loaded_midway_is_replanned_within_the_budget() -> None:
+    """Another job loads the machine halfway through a 30-minute run: steps slow from 1 s
+    to 3 s, and so does the evaluation (20 s, timed before, then 60 s). The plan read the
+    session's mean step (1.06 s when the final evaluation was due) and the evaluations
+    timed before the load: it ran 40 s over. It now reads the last steps, and scales an
+    evaluation by how much slower the steps are than when it was timed; a machine freed
+    halfway used its time (75 s of it went unused)."""
+    loaded = lambda t: 1.0 if t < 900 else 3.0  # noqa: E731
+    end, budget = _simulated_run(1800, loaded, eval_idle=20.0)
+    print(f"loaded at half time: used/asked {end / 1800:.3f}")
+    assert budget.step_cost() == pytest.approx(3.0)
+    assert budget.eval_cost() == pytest.approx(60.0)  # timed at 20 s on the idle machine
+    assert budget.steps_left() == 0 and end <= 1800  # the plan, shrunk, ended in time
+    freed = lambda t: 3.0 if t < 900 else 1.0  # noqa: E731
+    end, budget = _simulated_run(1800, freed, eval_idle=20.0)
+    print(f"freed at half time: used/asked {end / 1800:.3f}")
+    assert budget.eval_cost() == pytest.approx(20.0)  # timed at 60 s under the load
+    assert 1800 - 2 * (1.0 + 20.0) <= end <= 1800  # all but a step and an evaluation used
+
+
+def test_a_resume_says_the_budget_is_the_whole_runs(tmp_path: Path, make_config: Make) -> None:
+    """A resumed run's budget counts its earlier sessions: a resume with --time 30m again
+    ran on what they left, without a word. It says what was spent and what is left, and
+    a budget already spent is refused naming what to give, the run left as it was."""
+    torch.set_num_threads(2)
+    small = {"epochs": 40, "max_steps_per_epoch": 2, "eval_every": 1, "input_size": 320}
+    run = train(make_config(tmp_path, time_budget="4s", **small), quiet=True)
+    ck = torch.load(run / "last.pt", weights_only=False)
+    ck["planned_steps"] = ck["step"] + 20  # stopped midway (a Ctrl-C, a job's time limit)
+    torch.save(ck, run / "last.pt")
+    spent, step = ck["elapsed_s"], ck["step"]
+    assert spent > 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"--resume: .* already spent \d+s of its time budget, "
+                       r"\d+s \(--time counts the whole run.*For N minutes more give --time "):
+        train(make_config(tmp_path, time_budget=f"{spent / 2:.3f}s", **small), resume=True,
+              quiet=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    train(make_config(tmp_path, time_budget=f"{spent + 3:.3f}s", **small), resume=True, quiet=True)
+    log = (run / "train.log").read_text()
+    said = re.search(r"time budget (\d+)s for the whole run, resumed at step (\d+) of (\d+) "
+                     r"planned: its earlier sessions spent (\d+)s, (\d+)s is left for this one "
+                     r"\(--time counts the whole run", log)
+    assert said is not None, log
+    assert int(said.group(2)) == step and int(said.group(3)) == step + 20
+    assert int(said.group(4)) == round(spent) and said.group(5) == "3"

@@ -17,6 +17,8 @@ import math
 import re
 import statistics
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -38,6 +40,12 @@ NO_STRETCH_AFTER = 0.5  # past this share of the budget a nearly done cosine is 
 # skipped: the final evaluation follows soon (a 15-minute run evaluated at 14.0 minutes
 # and again at its end, 14.9; the 28 s of the first bought ~35 steps)
 NEAR_FINAL = 0.5
+# A step costs what the last this-many steps took on average, not the session's mean: on
+# a machine another job began to load halfway through a 30-minute run, steps slowed 3x
+# and the mean lagged behind them; with evaluations timed before the load, the run
+# overran its budget (session 53). The mean of a window, not its median: a loader with
+# workers gives fast and slow steps by turns, whose median is the fast ones.
+RECENT_STEPS = 30
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -131,12 +139,15 @@ class Budget:
     # fifth of a 15-minute run (and its steps); 1 keeps eval_every as the config sets it
     eval_share: float = 1.0
     spent_before: float = 0.0  # seconds of earlier (resumed) sessions
-    started: float = field(default_factory=time.monotonic)
+    clock: Callable[[], float] = time.monotonic  # what elapsed() reads (a test's own)
+    started: float | None = None  # on clock; None: when made
     step: int = 0  # steps done (a resumed run starts at its saved step)
     train_s: float = 0.0  # measured seconds in training steps, this session
     steps_timed: int = 0
     eval_s: float = 0.0  # the median of the evaluations' seconds
     eval_times: list[float] = field(default_factory=list)
+    eval_step_s: list[float] = field(default_factory=list)  # the step cost when each was timed
+    recent: deque[float] = field(default_factory=lambda: deque(maxlen=RECENT_STEPS))
     eval_timed: bool = False
     refits: int = 0
     logged_steps: int = 0  # the plan's length when a re-fit was last logged
@@ -153,9 +164,12 @@ class Budget:
     def __post_init__(self) -> None:
         self.eval_every_wanted = self.eval_every_wanted or self.eval_every
         self.logged_every = self.eval_every
+        if self.started is None:
+            self.started = self.clock()
 
     def elapsed(self) -> float:
-        return self.spent_before + time.monotonic() - self.started
+        assert self.started is not None  # set when made
+        return self.spent_before + self.clock() - self.started
 
     def remaining(self) -> float:
         return self.seconds - self.elapsed()
@@ -167,6 +181,22 @@ class Budget:
             return
         self.train_s += seconds
         self.steps_timed += 1
+        self.recent.append(seconds)
+
+    def record_steps(self, steps: int, seconds: float) -> None:
+        """``steps`` taken in ``seconds`` in all, not timed one by one (several ranks: an
+        epoch's time on rank 0's clock)."""
+        self.step += steps
+        self.train_s += seconds
+        self.steps_timed += steps
+        if steps:
+            self.recent.extend([seconds / steps] * min(steps, RECENT_STEPS))
+
+    def step_cost(self) -> float:
+        """Seconds a step takes now: the mean of the last ``RECENT_STEPS`` timed steps."""
+        if self.recent:
+            return sum(self.recent) / len(self.recent)
+        return self.train_s / self.steps_timed if self.steps_timed else 0.0
 
     def record_eval(self, seconds: float, epochs_done: int) -> None:
         """An evaluation took ``seconds`` after ``epochs_done`` epochs."""
@@ -174,12 +204,21 @@ class Budget:
         # the median of the evaluations so far: one slowed by a burst of load (or one
         # quick on a cache) would swing the plan, and the learning rate with it
         self.eval_times.append(seconds)
+        self.eval_step_s.append(self.step_cost())
         self.eval_s, self.eval_timed = statistics.median(self.eval_times), True
 
     def eval_cost(self) -> float:
-        if self.eval_timed or not self.steps_timed:
+        """Seconds the next evaluation will take: the median of those timed, each scaled by
+        how much slower (or quicker) steps are now than when it was timed (an evaluation
+        timed on an idle machine took 3x as long once a job loaded it, and the final one
+        overran the budget by that; session 53); guessed from the steps until one is."""
+        if self.eval_timed:
+            now = self.step_cost()
+            return statistics.median(t * (now / then if now > 0 and then > 0 else 1.0)
+                                     for t, then in zip(self.eval_times, self.eval_step_s, strict=True))
+        if not self.steps_timed:
             return self.eval_s
-        per_image = self.train_s / self.steps_timed / self.batch_size
+        per_image = self.step_cost() / self.batch_size
         guess = per_image * self.eval_pixel_ratio * self.eval_images / 3
         if self.elapsed() < PROVISIONAL * self.seconds:  # from a few (maybe starved) steps
             guess = min(guess, EVAL_GUESS_MAX * self.seconds)
@@ -195,7 +234,7 @@ class Budget:
         the plan changed (or None). Needs at least one measured step."""
         if not self.steps_timed:
             return None
-        step_s = self.train_s / self.steps_timed
+        step_s = self.step_cost()
         eval_s = self.eval_cost()
         total = self._fit(step_s, eval_s)
         for _ in range(4):  # fewer evaluations leave time for more steps, which may widen again
@@ -291,5 +330,4 @@ class Budget:
 
     def out_of_time(self) -> bool:
         """No room for another step and the final evaluation (a slowed machine)."""
-        step_s = self.train_s / self.steps_timed if self.steps_timed else 0.0
-        return self.remaining() < step_s + self.eval_cost()
+        return self.remaining() < self.step_cost() + self.eval_cost()

@@ -735,13 +735,15 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
 def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
                      epochs: int, tiling: Tiling | None = None,
                      cfg: TrainConfig | None = None,
-                     notes: list[str] | None = None) -> dict[str, Any]:
+                     notes: list[str] | None = None,
+                     budget_s: float | None = None) -> dict[str, Any]:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
     moved to another machine), the merged sets in any order. Refuse a run whose schedule
     is done, too: it took no step and logged an empty epoch (new-user review), and with
-    ``cfg`` a field that cannot change midway (:data:`FIXED_ON_RESUME`) changed. Returns
+    ``cfg`` a field that cannot change midway (:data:`FIXED_ON_RESUME`) changed, and a time
+    budget (``budget_s``, the whole run's) its earlier sessions already spent. Returns
     the config the run's checkpoint trained with (empty before checkpoints kept it)."""
     try:  # tensors and plain values only: a run folder from elsewhere cannot run code
         ck = read_torch_file(run / "last.pt", mmap=True)
@@ -764,6 +766,14 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
             "budget, ending at a learning rate near 0): nothing is left to continue. To "
             f"train on, start a new run from its weights: --weights {best} --name NEW")
+    spent = float(ck.get("elapsed_s") or 0.0)
+    if budget_s is not None and spent >= budget_s:
+        # it took no step and evaluated the same weights again, saying "0s left" at most
+        raise ConfigError(
+            f"--resume: {run} already spent {format_duration(spent)} of its time budget, "
+            f"{format_duration(budget_s)} (--time counts the whole run, its earlier sessions "
+            f"too): nothing is left for this one. For N minutes more give --time "
+            f"{format_duration(spent)} + N, e.g. --time {math.ceil(spent / 60) + 10}m")
     if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:  # -1: no epoch finished
         # a onecycle schedule cannot be made longer (_check_same_setup): not "give
         # --epochs MORE", which it then refused (review, session 46)
@@ -1031,7 +1041,7 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
                           "check --name (and out_dir), or leave --resume out for a new run")
     changes: list[str] = []
     if resume:
-        was = _check_resumable(run, data.fingerprint, budget=budget_s is not None,
+        was = _check_resumable(run, data.fingerprint, budget=budget_s is not None, budget_s=budget_s,
                                epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg, notes=changes)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
@@ -1116,9 +1126,20 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
                         * tiles_per_image(data.val, cfg.tiling),
                         batch_size=cfg.batch_size, eval_share=cfg.eval_share,
                         spent_before=elapsed0, step=progress.step, evaluated_epoch=start_epoch)
-        log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is fitted "
-            f"to it from measured throughput; first plan {plan.total_steps} steps "
-            f"({steps} a full epoch), re-fitted as the run goes")
+        if resume:
+            # the budget is the whole run's: a resume with --time 30m again ran on the time
+            # its earlier sessions left, without a word, where a user expected 30 more
+            # minutes (session 53)
+            log(f"time budget {format_duration(budget_s)} for the whole run, resumed at step "
+                f"{progress.step} of {plan.total_steps} planned: its earlier sessions spent "
+                f"{format_duration(elapsed0)}, {format_duration(budget_s - elapsed0)} is left for "
+                f"this one (--time counts the whole run: for N minutes more give "
+                f"{format_duration(elapsed0)} + N); the plan is re-fitted to it from measured "
+                "throughput")
+        else:
+            log(f"time budget {format_duration(budget_s)}: the schedule (warm-up, cosine, EMA) is "
+                f"fitted to it from measured throughput; first plan {plan.total_steps} steps "
+                f"({steps} a full epoch), re-fitted as the run goes")
 
     if resume:  # its lr and weight decay, not the checkpoint's (after the plan is fitted)
         take_changes(state, cfg)
@@ -1155,8 +1176,8 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
                 break
             if budget is not None:
                 if world > 1:  # every rank took the same steps; time them on rank 0's clock
-                    budget.step, budget.train_s = progress.step, budget.train_s + stats.seconds
-                    budget.steps_timed += stats.steps
+                    budget.record_steps(stats.steps, stats.seconds)
+                    budget.step = progress.step
                 if (line := budget.refit()) is not None:
                     log(line)
                 if world > 1:  # rank 0's plan on every rank: the same learning rate and EMA
