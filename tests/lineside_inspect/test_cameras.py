@@ -1276,3 +1276,22 @@ def test_a_video_file_removed_or_replaced_while_looping_is_reopened(
         assert _wait(lambda: w.health()["state"] == "offline"), w.health()
     finally:
         assert w.stop()
+
+
+def test_a_looping_video_file_touched_or_grown_plays_on_without_a_reconnect(video: Path) -> None:
+    """A file only touched (its time changed) or being written (grown) is opened again in
+    place at its end: it went offline for a back-off at each pass (review, session 53),
+    its camera flickering on the line's outputs."""
+    w = CameraWorker("cam", lambda: make_source(str(video), open_timeout_s=1, read_timeout_s=1,
+                                                loop=True, fps=240.0),
+                     stale_after_s=1.0, backoff_base_s=0.05, backoff_max_s=0.2)
+    w.start()
+    try:
+        assert _wait(lambda: w.health()["frames"] > 10)
+        for n in range(3):  # each a pass at least (the sample is 60 frames at 240 fps)
+            seen = w.health()["frames"]
+            os.utime(video, ns=(time.time_ns(), time.time_ns() + n + 1))
+            assert _wait(lambda seen=seen: w.health()["frames"] > seen + 80), w.health()
+        assert w.health()["state"] == "online" and w.health()["reconnects"] == 0, w.health()
+    finally:
+        assert w.stop()

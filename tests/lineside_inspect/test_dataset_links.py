@@ -103,3 +103,47 @@ def test_follow_links_reads_through_them_and_says_so(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     assert f"2 link(s) out of the set followed (images/a.jpg -> {share / 'a.jpg'}, images/b.jpg" in r.stdout
     assert sorted(p.name for p in (tmp_path / "out" / "images").rglob("*.jpg")) == ["a.jpg", "b.jpg"]
+
+
+def test_a_file_link_inside_a_folder_linked_out_is_refused_too(tmp_path: Path) -> None:
+    # one archive unpacked: the set, and beside it a folder its images/ links to, whose
+    # only picture links to a private one; the walk did not look into a folder linked
+    # out, and the importer copied the private picture into DST (review, session 53)
+    private = tmp_path / "home" / "private.jpg"
+    _jpg(private)
+    (tmp_path / "other" / "deeper").mkdir(parents=True)
+    (tmp_path / "other" / "deeper" / "a.jpg").symlink_to(private)
+    _jpg(tmp_path / "other" / "b.jpg")
+    (tmp_path / "other" / "up").symlink_to("deeper", target_is_directory=True)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "images").symlink_to("../other", target_is_directory=True)
+    with pytest.raises(DatasetError) as info:
+        import_dataset("good", src, tmp_path / "out")
+    msg = str(info.value)
+    # named by the path it has in the set, once (not again through up/)
+    assert f"1 symbolic link(s) to files out of the set: images/deeper/a.jpg -> {private};" in msg
+    assert not (tmp_path / "out").exists()
+    # a picture of the share linked from within it reads nothing the share does not hold
+    (tmp_path / "other" / "deeper" / "a.jpg").unlink()
+    (tmp_path / "other" / "deeper" / "a.jpg").symlink_to("../b.jpg")
+    ds, _ = import_dataset("good", src, tmp_path / "out")
+    assert sorted(r.file_name for r in ds.images) == ["images/b.jpg", "images/deeper/a.jpg"]
+    assert f"1 link(s) out of the set followed (images/ -> {tmp_path / 'other'})" in str(ds.info["layout"])
+
+
+def test_a_label_linked_into_a_folder_linked_out_is_refused_all_the_same(tmp_path: Path) -> None:
+    """A folder linked out is followed; a set's own file linked into it is not a share's
+    link to its own file: ``labels/b.txt -> ~/.aws/credentials`` beside ``x/ -> ~/.aws``
+    was read (its lines in the problems) once the folder link made it look followed."""
+    secret = _secret(tmp_path)
+    src = tmp_path / "src"
+    _yolo(src, "names: [dent]\n", {"a": "0 0.5 0.5 0.2 0.2\n", "b": "0 0.5 0.5 0.2 0.2\n"})
+    (src / "x").symlink_to(secret.parent, target_is_directory=True)
+    (src / "labels" / "b.txt").unlink()
+    (src / "labels" / "b.txt").symlink_to(secret)
+    with pytest.raises(DatasetError) as info:
+        import_dataset("yolo", src, tmp_path / "out")
+    assert f"1 symbolic link(s) to files out of the set: labels/b.txt -> {secret};" in str(info.value)
+    assert "AKIA" not in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -145,3 +145,31 @@ def test_a_stop_while_the_death_is_being_handled_is_recorded_once(
     _stopped_once(lc, session.run_id)
     # and a shadow starts again
     assert lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")["running"]
+
+
+def test_a_stop_whose_process_will_not_end_leaves_no_shadow_stuck(
+        line: tuple[InspectionService, Lifecycle], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ending the shadow's process raised (here the process's join, made to fail once): the
+    claimed session stayed in the running set, status "running" for ever and every stop a
+    404 (review, session 53). It leaves the running set all the same; a shadow starts
+    again."""
+    _, lc = line
+    lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")
+    assert lc.shadow is not None
+    session = lc.shadow.session("deeppcb")
+    assert session is not None
+    proc = session.process
+
+    def join(timeout: float | None = None) -> None:
+        monkeypatch.undo()  # once: its kill and later joins are the real ones
+        raise OSError("join failed")
+
+    monkeypatch.setattr(proc, "join", join)
+    with pytest.raises(OSError):
+        lc.stop_shadow("deeppcb", actor="admin", reason="done")
+    assert lc.shadow.session("deeppcb") is None
+    assert not lc.shadow_status("deeppcb")["running"]
+    proc.kill()
+    proc.join(WAIT_S)
+    assert lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")["running"]
+    lc.stop_shadow("deeppcb", actor="admin", reason="done")

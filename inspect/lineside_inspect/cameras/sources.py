@@ -170,13 +170,10 @@ class OpenCVSource:
                 time.monotonic() - began >= self.read_timeout_ms / 1000:
             raise silent(self.read_timeout_ms / 1000)  # (the worker: "stalled: ...")
         if not ok and self.is_file and self.loop:
-            if _file_id(self.source) != self._file:
-                # the open capture went on looping the file it opened: a deleted one for
-                # ever, "online", and a video replaced or cut short was never seen (camera
-                # review, session 53). Reopened: the file as it is now, or offline
-                raise SourceChanged(f"video file {shown_source(self.source)!r} was removed or "
-                                    "changed since it opened")
-            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            if _file_id(self.source) == self._file:
+                self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            elif not self._reopened():
+                return None  # a close was asked meanwhile
             ok, frame = self.cap.read()
         elif not ok and self.is_file:
             self.ended = True  # played once, as asked: not opened again
@@ -187,6 +184,25 @@ class OpenCVSource:
             # broken JPEG refused (ImageError): the worker names it and reconnects
             return decode_image(frame.tobytes(), self.max_pixels)
         return frame
+
+    def _reopened(self) -> bool:
+        """At its end, a looping video file that is no longer the one opened, opened again
+        here as it is now (False: a close was asked). The open capture went on looping the
+        file it opened: a deleted one for ever, "online", and a video replaced or cut short
+        was never seen (camera review, session 53). A file gone or no longer a video is
+        :class:`SourceChanged`: the worker takes the camera offline, saying so; one only
+        touched or still being written plays on, with no reconnect."""
+        changed = f"video file {shown_source(self.source)!r} was removed or changed since it opened"
+        if _file_id(self.source) is None:
+            raise SourceChanged(changed)
+        self._release()
+        if self._stop.is_set() or self._close_asked:
+            return False
+        try:
+            self._open()  # on this thread, inside the read: a close from another is deferred
+        except ImageError:
+            raise SourceChanged(changed) from None
+        return True
 
     def _opencv_decodes(self, why: PacketsUnusable) -> None:
         """Reopen the source to be decoded by OpenCV's reader, as before session 40: a

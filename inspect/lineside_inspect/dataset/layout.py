@@ -69,20 +69,28 @@ def walk_files(root: Path, odd: list[Path] | None = None) -> list[Path]:
 
 def links_out(root: Path) -> list[tuple[str, str]]:
     """Each symbolic link under the folder ``root`` (a file or a folder) whose target lies
-    outside it, as (its path under ``root``, the target): found without reading through
-    any of them, or walking a folder one leads to. Skipped as :func:`walk_files` skips
-    (hidden names, ``__MACOSX``); a link to nothing is left to the importer to name (it
-    reads nothing). A dataset is the folder a user hands over: a set from elsewhere can
-    hold ``labels/a.txt`` linked to a secret, whose lines a problem would show."""
+    outside it, as (its path under ``root``, the target), found without reading through
+    any of them. Folders are walked as :func:`walk_files` walks them (a folder linked out
+    too: the importer reads it), skipping what it skips (hidden names, ``__MACOSX``); a
+    link to nothing is left to the importer to name (it reads nothing). A link to a file
+    within a folder linked out is named only if it leads out of that folder too (one
+    archive's ``images/ -> ../other`` holding ``a.jpg -> ~/private.jpg``: review, session
+    53), and a folder link there only if it leads out of every folder linked out so far;
+    a link to a file in the set proper only if it leads out of the set. A
+    dataset is the folder a user hands over: a set from elsewhere can hold ``labels/a.txt``
+    linked to a secret, whose lines a problem would show."""
     top = os.path.realpath(root)
-    found: list[tuple[str, str]] = []
+    folders: list[tuple[str, str]] = []
+    files: list[tuple[str, str]] = []
     seen: set[tuple[int, int]] = set()
 
-    def leaves(path: str) -> str | None:
+    def inside(target: str, base: str) -> bool:
+        return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
+
+    def target_of(path: str) -> str | None:
         if not os.path.islink(path) or not os.path.exists(path):
             return None
-        target = os.path.realpath(path)
-        return None if target == top or target.startswith(top.rstrip(os.sep) + os.sep) else target
+        return os.path.realpath(path)
 
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
@@ -94,18 +102,24 @@ def links_out(root: Path) -> list[tuple[str, str]]:
             dirnames[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))
-        kept = []
-        for d in sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS):
-            target = leaves(os.path.join(dirpath, d))
-            if target is None:
-                kept.append(d)  # a link within the set is walked (once) as before
-            else:
-                found.append((Path(dirpath, d).relative_to(root).as_posix() + "/", target))
-        dirnames[:] = kept
+        # within the set, every folder link out is said; within a folder linked out, one
+        # leading out of every folder followed so far (the share's own links are its own)
+        real = os.path.realpath(dirpath)
+        home = top if inside(real, top) else next((t for _, t in folders if inside(real, t)), top)
+        bases = [top] if home == top else [top, *(t for _, t in folders)]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
+        for d in dirnames:
+            target = target_of(os.path.join(dirpath, d))
+            if target is not None and not any(inside(target, b) for b in bases):
+                folders.append((Path(dirpath, d).relative_to(root).as_posix() + "/", target))
+        # a file link may lead within the set, or, in a folder linked out, within that
+        # folder (a share's links to its own files); not into another followed folder: a
+        # set's labels/b.txt -> ~/.aws/credentials beside x/ -> ~/.aws was read all the same
         for f in sorted(f for f in filenames if not f.startswith(".")):
-            if (target := leaves(os.path.join(dirpath, f))) is not None:
-                found.append((Path(dirpath, f).relative_to(root).as_posix(), target))
-    return sorted(found)
+            target = target_of(os.path.join(dirpath, f))
+            if target is not None and not inside(target, top) and not inside(target, home):
+                files.append((Path(dirpath, f).relative_to(root).as_posix(), target))
+    return sorted(folders + files)
 
 
 def _words(name: str) -> list[str]:

@@ -242,12 +242,13 @@ class ShadowRunner:
         "stopped_at": null in between, a CI run found)."""
         session.stopping.set()
         session.stopped_at = datetime.now(UTC)
-        self._end_process(session)
-        if session.collector is not None and session.collector is not threading.current_thread():
-            session.collector.join(5)
         try:
+            self._end_process(session)
+            if session.collector is not None and session.collector is not threading.current_thread():
+                session.collector.join(5)
             self.records.update_shadow(session.run_id, session.counts(), stopped=True)
-        finally:  # (a database outage: the session goes all the same)
+        finally:  # (a database outage, a process that would not end: the session goes all
+            # the same; claimed, it was left "running" for ever, and every stop a 404)
             with self._lock:
                 if self._sessions.get(session.model) is session:  # not its replacement
                     del self._sessions[session.model]
