@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from lineside_inspect.errors import ImageError, Problem
@@ -45,6 +45,21 @@ def walk_files(root: Path, odd: list[Path] | None = None) -> list[Path]:
     not a regular file (a link to nothing, a FIFO, a device) goes into ``odd``, if given,
     for the importer to name."""
     out: list[Path] = []
+    for dirpath, _, filenames in _folders(root):
+        # regular files only (links to them followed): reading a FIFO or a device named
+        # like an image would hang or never end
+        for p in (Path(dirpath) / f for f in filenames):
+            if p.is_file():
+                out.append(p)
+            elif odd is not None:
+                odd.append(p)
+    return out
+
+
+def _folders(root: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+    """Each folder under ``root`` with its sub-folders and files (sorted), as the importer
+    walks them: symlinked folders followed, a folder reached twice (a link cycle, two
+    links to one folder) once, hidden names and ``__MACOSX`` skipped."""
     seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         try:
@@ -57,32 +72,23 @@ def walk_files(root: Path, odd: list[Path] | None = None) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
-        # regular files only (links to them followed): reading a FIFO or a device named
-        # like an image would hang or never end
-        for p in (Path(dirpath) / f for f in sorted(filenames) if not f.startswith(".")):
-            if p.is_file():
-                out.append(p)
-            elif odd is not None:
-                odd.append(p)
-    return out
+        yield dirpath, dirnames, sorted(f for f in filenames if not f.startswith("."))
 
 
 def links_out(root: Path) -> list[tuple[str, str]]:
     """Each symbolic link under the folder ``root`` (a file or a folder) whose target lies
     outside it, as (its path under ``root``, the target), found without reading through
-    any of them. Folders are walked as :func:`walk_files` walks them (a folder linked out
-    too: the importer reads it), skipping what it skips (hidden names, ``__MACOSX``); a
-    link to nothing is left to the importer to name (it reads nothing). A link to a file
-    within a folder linked out is named only if it leads out of that folder too (one
-    archive's ``images/ -> ../other`` holding ``a.jpg -> ~/private.jpg``: review, session
-    53), and a folder link there only if it leads out of every folder linked out so far;
-    a link to a file in the set proper only if it leads out of the set. A
-    dataset is the folder a user hands over: a set from elsewhere can hold ``labels/a.txt``
-    linked to a secret, whose lines a problem would show."""
+    any of them. Folders are walked as the importer walks them (:func:`_folders`, a folder
+    linked out too: the importer reads it); a link to nothing is left to the importer to
+    name (it reads nothing). A link to a file in the set proper is named if it leads out
+    of the set; one within a folder linked out only if it leads out of that folder too
+    (one archive's ``images/ -> ../other`` holding ``a.jpg -> ~/private.jpg``: review,
+    session 53); a folder link there only if it leads out of every folder linked out so
+    far. A dataset is the folder a user hands over: a set from elsewhere can hold
+    ``labels/a.txt`` linked to a secret, whose lines a problem would show."""
     top = os.path.realpath(root)
     folders: list[tuple[str, str]] = []
     files: list[tuple[str, str]] = []
-    seen: set[tuple[int, int]] = set()
 
     def inside(target: str, base: str) -> bool:
         return target == base or target.startswith(base.rstrip(os.sep) + os.sep)
@@ -92,22 +98,12 @@ def links_out(root: Path) -> list[tuple[str, str]]:
             return None
         return os.path.realpath(path)
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        try:
-            st = os.stat(dirpath)
-        except OSError:
-            dirnames[:] = []
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            dirnames[:] = []
-            continue
-        seen.add((st.st_dev, st.st_ino))
+    for dirpath, dirnames, filenames in _folders(root):
         # within the set, every folder link out is said; within a folder linked out, one
         # leading out of every folder followed so far (the share's own links are its own)
         real = os.path.realpath(dirpath)
         home = top if inside(real, top) else next((t for _, t in folders if inside(real, t)), top)
         bases = [top] if home == top else [top, *(t for _, t in folders)]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_DIRS)
         for d in dirnames:
             target = target_of(os.path.join(dirpath, d))
             if target is not None and not any(inside(target, b) for b in bases):
@@ -115,7 +111,7 @@ def links_out(root: Path) -> list[tuple[str, str]]:
         # a file link may lead within the set, or, in a folder linked out, within that
         # folder (a share's links to its own files); not into another followed folder: a
         # set's labels/b.txt -> ~/.aws/credentials beside x/ -> ~/.aws was read all the same
-        for f in sorted(f for f in filenames if not f.startswith(".")):
+        for f in filenames:
             target = target_of(os.path.join(dirpath, f))
             if target is not None and not inside(target, top) and not inside(target, home):
                 files.append((Path(dirpath, f).relative_to(root).as_posix(), target))
