@@ -141,6 +141,7 @@ def test_a_stop_while_the_death_is_being_handled_is_recorded_once(
     stops = _stops(lc)
     assert [e["actor"] for e in stops] == ["lineside"], stops
     assert isinstance(out[0], NotFoundError), out
+    assert "deeppcb's shadow is being stopped already" in str(out[0]), out
     assert "its process ended (exit code -9)" in stops[0]["reason"]
     _stopped_once(lc, session.run_id)
     # and a shadow starts again

@@ -697,6 +697,10 @@ class Lifecycle(AdmissionRules):
         runner = self._runner()
         session = runner.stop(model)
         if session is None:
+            if runner.session(model) is not None:  # claimed by another stop, or its death
+                raise NotFoundError(f"{model}'s shadow is being stopped already (by another "
+                                    "stop, or its process ended); its status says stopped in a "
+                                    "moment")
             raise NotFoundError(f"{model} has no shadow running")
         self.records.audit(actor=actor, action="shadow_stop", model=model, version=session.version,
                            reason=reason, details={"run_id": session.run_id, **session.counts()})
