@@ -69,10 +69,15 @@ class OutageLog:
                 del self._open[cause]
         return [(cause, entry[2], entry[1]) for cause, entry in done]
 
-    def ended(self, what: str) -> None:
-        """The failures are over (``what`` worked again): each cause's count is said."""
+    def ended(self, what: str, cause: str | None = None) -> None:
+        """The failures are over (``what`` worked again): each cause's count is said. With
+        ``cause``, only that one is over (the others still fail)."""
         with self._lock:
-            done, self._open, self.ends = self._open, {}, set()
+            if cause is not None:
+                entry = self._open.pop(cause, None)
+                done = {} if entry is None else {cause: entry}
+            else:
+                done, self._open, self.ends = self._open, {}, set()
         for cause, entry in done.items():
             self.log.warning("%s: over (%s answered again), after %d time(s)", cause, what,
                              entry[2])

@@ -12,6 +12,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,13 +28,14 @@ from prometheus_client import generate_latest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from lineside_inspect.errors import HubRefused, HubUnavailable
+from lineside_inspect.errors import HubRefused, HubUnavailable, ObjectStoreUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.forward import Forwarder, forward_events
-from lineside_inspect.fleet.config import FleetSettings
+from lineside_inspect.fleet.config import FleetSettings, ObjectStoreSettings
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
 from lineside_inspect.fleet.hub.tables import CursorRow
+from lineside_inspect.fleet.objects import ObjectStore
 from lineside_inspect.fleet.protocol import FORWARD, ForwardAck, ForwardBatch, ForwardedInspection
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.inspector import inspect
@@ -314,6 +316,64 @@ def test_an_object_store_that_refuses_or_goes_away_is_said_once_while_it_lasts(
             assert len(over) == 2, over  # refused 3 times, unreachable 3 times: each said
             assert any("refuses requests" in o and "after 3 time(s)" in o for o in over), over
             assert any("unreachable" in o for o in over), over
+    finally:
+        weed.stop()
+
+
+def _answers(objects: ObjectStore, within_s: float = 120.0) -> None:
+    """Until a restarted weed serves reads again (its S3 API can answer before its volume
+    server is back: a read then is "unreachable", an outage of its own)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            objects.get("kept/a.bin")
+            return
+        except ObjectStoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def test_a_store_refusing_only_writes_is_not_said_over_while_reads_answer(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A full or read-only store refuses puts and answers gets and stats: any answer said
+    the refusal "over", and the next put "refused" again (said once while it lasts), two
+    lines per forward for as long as it lasted, the "over" untrue. It is over only when a
+    refused operation answers again (session 53 review)."""
+    binary = weed_binary()
+    if binary is None:
+        pytest.skip("weed not installed")
+    weed = Weed(tmp_path / "weed", binary, election_timeout_s=1)  # its own: restarted here
+    weed.start()
+    try:
+        objects = ObjectStore(ObjectStoreSettings(**weed.settings("fleet-read-only")))
+        objects.ensure_bucket()
+        objects.put("kept/a.bin", b"kept")
+        weed.stop()
+        weed.actions = ("Read", "List")  # the key may read, not write
+        weed.start()
+        _answers(objects)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lineside"):
+            for n in range(3):
+                with pytest.raises(ObjectStoreUnavailable, match="refused put"):
+                    objects.put(f"new/{n}.bin", b"refused")
+                assert objects.get("kept/a.bin") == b"kept"  # reads answer all along
+                assert not objects.exists(f"new/{n}.bin")
+        said = [r.getMessage() for r in caplog.records if "object store" in r.getMessage()]
+        assert len(said) == 1 and "refused put" in said[0], said  # before: 3 refused, 3 over
+        weed.stop()
+        weed.actions = ("Admin", "Read", "List", "Tagging", "Write")
+        weed.start()
+        _answers(objects)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lineside"):
+            assert objects.get("kept/a.bin") == b"kept"
+            assert not [r for r in caplog.records if ": over (" in r.getMessage()]
+            objects.put("new/3.bin", b"stored")  # a refused operation answers: over
+        over = [r.getMessage() for r in caplog.records if ": over (" in r.getMessage()]
+        assert len(over) == 1 and "refuses requests" in over[0] and "(put)" in over[0], over
+        assert "after 3 time(s)" in over[0], over
     finally:
         weed.stop()
 

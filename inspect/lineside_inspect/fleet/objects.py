@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -54,19 +55,37 @@ class ObjectStore:
                             secret_key=settings.secret_key.get_secret_value(),
                             secure=settings.secure, region=settings.region, http_client=http)
         self.outages = OutageLog(log)  # refusals and unreachability, said once while they last
+        self._unreachable = f"the object store {self.settings.endpoint} is unreachable"
+        self._refuses = f"the object store {self.settings.endpoint}/{self.bucket} refuses requests"
+        # the operations refused while a refusal lasts ("put", "get": a fixed few): only one
+        # of them answering again ends it. A full or read-only store refuses puts and
+        # answers gets and stats: any answer said "over", and the next put "refused" again,
+        # two lines per forward while it lasted (session 53 review)
+        self._refusing: set[str] = set()
+        self._refusing_lock = threading.Lock()
 
     def _refused(self, what: str, code: str) -> None:
         # one cause whatever its code (a wrong key is SignatureDoesNotMatch to a put,
         # AccessDenied to a bucket check): the first one is said
-        self.outages.failed(f"the object store {self.settings.endpoint}/{self.bucket} refuses "
-                            "requests", logging.WARNING,
+        with self._refusing_lock:
+            self._refusing.add(what)
+        self.outages.failed(self._refuses, logging.WARNING,
                             "object store %s/%s refused %s: %s (a wrong or rotated key, a "
                             "bucket gone, a full store?); forwarded inspections wait on "
                             "their boxes", self.settings.endpoint, self.bucket, what, code)
 
-    def _answered(self) -> None:
-        if self.outages.open:
-            self.outages.ended("the object store")
+    def _answered(self, what: str) -> None:
+        """``what`` was answered: the store is reachable, and it no longer refuses if
+        ``what`` is one of the operations it refused."""
+        if not self.outages.open:
+            return
+        self.outages.ended("the object store", self._unreachable)
+        with self._refusing_lock:
+            over = what in self._refusing
+            if over:
+                self._refusing.clear()
+        if over:
+            self.outages.ended(f"the object store ({what})", self._refuses)
 
     def _call(self, what: str, fn: Any, *args: Any, lazy: bool = False, **kw: Any) -> Any:
         """``fn(*args, **kw)``, its failures said and raised as ours. ``lazy``: it returns
@@ -77,7 +96,7 @@ class ObjectStore:
             found = fn(*args, **kw)
         except S3Error as e:
             if e.code in ("NoSuchKey", "NoSuchObject"):  # an answer: the store works
-                self._answered()
+                self._answered(what)
                 raise NotFoundError(f"no object {args[1] if len(args) > 1 else ''!s}") from None
             self._refused(what, str(e.code)[:64])
             raise ObjectStoreUnavailable(f"object store refused {what}: {e.code}") from None
@@ -85,13 +104,13 @@ class ObjectStore:
             raise
         except Exception as e:  # connection refused, timeouts, TLS: the store is unreachable
             # the store's address is the hub's business, not a box key's: logged only
-            self.outages.failed(f"the object store {self.settings.endpoint} is unreachable",
-                                logging.WARNING, "object store %s unreachable during %s: %s",
+            self.outages.failed(self._unreachable, logging.WARNING,
+                                "object store %s unreachable during %s: %s",
                                 self.settings.endpoint, what, type(e).__name__)
             raise ObjectStoreUnavailable(
                 f"the object store is unreachable (during {what}); retry later") from None
         if not lazy:
-            self._answered()
+            self._answered(what)
         return found
 
     def ensure_bucket(self) -> None:
@@ -149,12 +168,12 @@ class ObjectStore:
         try:  # lazy: the requests are made while the errors are read
             left = [e.name for e in errors]
         except Exception as e:
-            self.outages.failed(f"the object store {self.settings.endpoint} is unreachable",
-                                logging.WARNING, "object store %s: deleting %d objects failed: %s",
+            self.outages.failed(self._unreachable, logging.WARNING,
+                                "object store %s: deleting %d objects failed: %s",
                                 self.settings.endpoint, len(keys), type(e).__name__)
             raise ObjectStoreUnavailable("the object store is unreachable (during delete); "
                                          "retry later") from None
-        self._answered()
+        self._answered("delete")
         return left
 
     def keys(self, prefix: str = "") -> Iterator[str]:
@@ -172,7 +191,7 @@ class ObjectStore:
             raise ObjectStoreUnavailable(f"object store refused list: {e.code}") from None
         except Exception as e:
             raise ObjectStoreUnavailable(f"object store list failed: {type(e).__name__}") from None
-        self._answered()
+        self._answered("list")
 
 
 class _Body(io.RawIOBase):

@@ -53,6 +53,8 @@ class LocalWeed:
     access_key: str = "lineside-dev"
     secret_key: str = "lineside-dev-secret-key"
     volume_size_mb: int = 64
+    # what the identity may do (Read and List only: a read-only key, a store refusing writes)
+    actions: tuple[str, ...] = ("Admin", "Read", "List", "Tagging", "Write")
     # None: weed's own, 10 s. A master restarted on its raft state waits one election
     # timeout before it leads (and the S3 API answers); a lone master has no one to wait for
     election_timeout_s: float | None = None
@@ -124,7 +126,7 @@ class LocalWeed:
         config.write_text(json.dumps({"identities": [{
             "name": "lineside", "credentials": [{"accessKey": self.access_key,
                                                  "secretKey": self.secret_key}],
-            "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
+            "actions": list(self.actions)}]}))
         mg, vg, fg, sg, ice = self.extra_ports
         log = self.root / "weed.log"
         before = log.stat().st_size if log.exists() else 0
