@@ -136,8 +136,9 @@ def data_import(
     skip_invalid: Annotated[bool, typer.Option(help="leave out broken images, list them")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it exists")] = False,
     follow_links: Annotated[bool, typer.Option(help=(
-        "read through symbolic links to files out of SRC (refused without: a set from "
-        "elsewhere may link to your secrets; folders linked out are followed)"))] = False,
+        "read the files that symbolic links in SRC point to outside SRC (without it such "
+        "links are refused: a set from elsewhere may point at your private files; links to "
+        "folders outside SRC are followed either way)"))] = False,
 ) -> None:
     """Import a labeled set into the canonical form (images/ + annotations.json)."""
     from lineside_inspect.dataset import dataset_stats, import_dataset
@@ -504,8 +505,8 @@ def train_cmd(
         "over the config file's, a --set or flag given again applied where it may change"))] = False,
     time: Annotated[str | None, typer.Option(
         "--time", help=("train to this budget (30m, 90s, 1h, 1h30m; a bare number is "
-                        "minutes): the schedule is fitted to it; with --resume, the whole "
-                        "run's (its earlier sessions' time counts)"))] = None,
+                        "minutes): the schedule is fitted to it; with --resume, the budget "
+                        "of the whole run (the time its earlier sessions trained counts)"))] = None,
     threads: Annotated[int | None, typer.Option(min=1, help=(
         "torch threads (default: the cores the load average leaves free)"))] = None,
 ) -> None:

@@ -242,6 +242,12 @@ def test_data_import_help_lists_every_format_at_80_columns() -> None:
     assert max(len(line) for line in res.output.splitlines()) <= 80  # really 80 wide
     for fmt in IMPORTERS:
         assert f" {fmt}," in res.output or f" {fmt} " in res.output, (fmt, res.output)
+    # --follow-links says what it reads and what happens without it ("refused without:"
+    # read as a fragment, session 53 review)
+    said = " ".join(res.output.replace("│", " ").split())
+    assert ("read the files that symbolic links in SRC point to outside SRC (without it such links "
+            "are refused: a set from elsewhere may point at your private files; links to folders "
+            "outside SRC are followed either way)") in said
 
 
 def test_no_option_help_shows_a_python_type_and_serve_says_where_settings_come_from() -> None:

@@ -38,6 +38,10 @@ def test_a_label_linked_to_a_secret_is_refused_unread(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "Traceback" not in r.output
     assert f"1 symbolic link(s) to files out of the set: labels/b.txt -> {secret}" in r.stderr
     assert "--follow-links" in r.stderr
+    # what to do, runnable as shown: the set's own folder, not a placeholder (session 53 review)
+    said = " ".join(r.stderr.split())
+    assert f"delete those links (find {src} -type l lists them); links to your own files (on a " \
+        "share, say): pass --follow-links to read them" in said
     assert "AKIA" not in r.output and "hunter2" not in r.output  # named, never shown
     assert not (tmp_path / "out").exists()
 

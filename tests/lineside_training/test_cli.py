@@ -117,6 +117,9 @@ def test_train_help_names_the_extra_and_the_budget() -> None:
     # a bare number is minutes, and the help says so, as the parser reads it (session 41)
     said = " ".join(r.stdout.replace("│", " ").split())
     assert "(30m, 90s, 1h, 1h30m; a bare number is minutes)" in said
+    # with --resume: said in plain words ("the whole run's" named nothing, session 53 review)
+    assert "with --resume, the budget of the whole run (the time its earlier sessions trained counts)" \
+        in said
     from lineside_training.commands import load_config
 
     for given, budget in (("3", "180s"), ("1h30m", "5400s"), ("90s", "90s")):

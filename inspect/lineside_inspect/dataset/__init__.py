@@ -5,6 +5,7 @@ Torch-free, so the edge side (review pull) and the training side share it.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from lineside_inspect.dataset.canonical import read_dataset, save_annotations, write_dataset
@@ -128,8 +129,8 @@ def _links_out(src: Path, follow: bool) -> str:
         raise DatasetError(
             f"{root}: {len(files)} symbolic link(s) to files out of the set: {_pairs(files)}; "
             "nothing was read through them and nothing was written. A set from elsewhere: "
-            "delete those links (find SRC -type l lists them); your own (files on a share): "
-            "pass --follow-links")
+            f"delete those links (find {shlex.quote(str(root))} -type l lists them); links to "
+            "your own files (on a share, say): pass --follow-links to read them")
     return f"{len(found)} link(s) out of the set followed ({_pairs(found)})" if found else ""
 
 
