@@ -64,6 +64,15 @@ def _hold_the_collector(monkeypatch: pytest.MonkeyPatch, session: Any, nth: int
     return seen, go
 
 
+def _started(lc: Lifecycle) -> Any:
+    """The jumpy variant started as deeppcb's shadow, every frame offered: its session."""
+    lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")
+    assert lc.shadow is not None
+    session = lc.shadow.session("deeppcb")
+    assert session is not None
+    return session
+
+
 def _stops(lc: Lifecycle) -> list[dict[str, Any]]:
     return lc.records.audit_log(model="deeppcb", action="shadow_stop")[1]
 
@@ -95,10 +104,7 @@ def test_a_stop_while_the_death_is_being_found_is_recorded_once(
     """The collector found the process dead, not yet stopping; the operator's stop lands
     before it acts on it: the operator's stop is the one recorded."""
     _, lc = line
-    lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")
-    assert lc.shadow is not None
-    session = lc.shadow.session("deeppcb")
-    assert session is not None
+    session = _started(lc)
     seen, go = _hold_the_collector(monkeypatch, session, 1)
     os.kill(session.process.pid, signal.SIGKILL)
     assert seen.wait(WAIT_S), "the collector never found its process dead"
@@ -122,10 +128,7 @@ def test_a_stop_while_the_death_is_being_handled_is_recorded_once(
     meanwhile: it finds no shadow running (404), and the server's stop is the one recorded,
     with the exit code."""
     _, lc = line
-    lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")
-    assert lc.shadow is not None
-    session = lc.shadow.session("deeppcb")
-    assert session is not None
+    session = _started(lc)
     # the second time: the first sent it into handling the death, the second is that
     # handling ending the process
     seen, go = _hold_the_collector(monkeypatch, session, 2)
@@ -155,10 +158,7 @@ def test_a_stop_whose_process_will_not_end_leaves_no_shadow_stuck(
     404 (review, session 53). It leaves the running set all the same; a shadow starts
     again."""
     _, lc = line
-    lc.start_shadow("deeppcb", "jumpy", sample_rate=1.0, actor="admin")
-    assert lc.shadow is not None
-    session = lc.shadow.session("deeppcb")
-    assert session is not None
+    session = _started(lc)
     proc = session.process
 
     def join(timeout: float | None = None) -> None:
