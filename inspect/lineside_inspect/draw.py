@@ -69,16 +69,23 @@ class _Sizes:
     banner: tuple[int, int, int, int, float, int] | None
 
 
+def _banner(rows: int, cols: int, text: str) -> tuple[int, float, int, float, int]:
+    """A banner of ``text`` on a ``rows`` x ``cols`` image: the text's width, the banner's
+    height, its padding, the text's height and stroke (the verdict's and a live view's
+    "offline" banner alike)."""
+    banner_px = min(max(MIN_BANNER_PX, BANNER_SHARE * min(rows, cols)), rows)
+    text_px = banner_px * 0.6
+    bold = max(1, round(text_px / 10))
+    (tw, _), _ = cv2.getTextSize(text, FONT, _scale_for(text_px, bold), bold)
+    return tw, banner_px, round(banner_px * 0.2), text_px, bold
+
+
 def _sizes(rows: int, cols: int, verdict: str | None) -> _Sizes:
     side = min(rows, cols)
     label_px = max(MIN_LABEL_PX, LABEL_SHARE * side)
     banner = None
     if verdict is not None:
-        banner_px = min(max(MIN_BANNER_PX, BANNER_SHARE * side), rows)
-        text_px = banner_px * 0.6
-        bold = max(1, round(text_px / 10))
-        (tw, _), _ = cv2.getTextSize(verdict.upper(), FONT, _scale_for(text_px, bold), bold)
-        pad = round(banner_px * 0.2)
+        tw, banner_px, pad, text_px, bold = _banner(rows, cols, verdict.upper())
         banner = (min(tw + 2 * pad, cols - 1), round(banner_px) - 1, pad,
                   round((banner_px - text_px) / 2), text_px, bold)
     return _Sizes(max(1, round(max(rows, cols) / 500)), label_px,
@@ -164,11 +171,7 @@ def unavailable(image: np.ndarray | None, text: str) -> np.ndarray:
     a dark frame when there is none. The text is shrunk to the image's width."""
     out = np.full(NO_FRAME_SHAPE, 32, np.uint8) if image is None else as_bgr(image) // 3
     rows, cols = out.shape[:2]
-    banner_px = min(max(MIN_BANNER_PX, BANNER_SHARE * min(rows, cols)), rows)
-    pad = round(banner_px * 0.2)
-    text_px = banner_px * 0.6
-    bold = max(1, round(text_px / 10))
-    (tw, _), _ = cv2.getTextSize(text, FONT, _scale_for(text_px, bold), bold)
+    tw, banner_px, pad, text_px, bold = _banner(rows, cols, text)
     if tw > cols - 2 * pad:  # a long camera id on a small frame: smaller, never cut
         text_px *= (cols - 2 * pad) / tw
     cv2.rectangle(out, (0, 0), (cols - 1, round(banner_px) - 1), (90, 90, 90), -1)

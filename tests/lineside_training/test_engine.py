@@ -72,18 +72,18 @@ def test_resume_continues_where_it_stopped(tmp_path: Path, make_config: Make) ->
     again = make_config(tmp_path, epochs=2, max_steps_per_epoch=2, data=str(moved) + "/",
                         **small)
     fingerprint = load_data(again).fingerprint
-    _check_resumable(run, fingerprint, budget=False, epochs=3)  # the same content: continues
+    _check_resumable(run, fingerprint, budget_s=None, epochs=3)  # the same content: continues
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     # a schedule that is done took no step and logged an empty epoch: refused, saying how
     # to train on (new-user review)
     with pytest.raises(ConfigError, match=r"already trained its 2 epoch\(s\) and this "
                        r"schedule has 2: give --epochs MORE"):
-        _check_resumable(run, fingerprint, budget=False, epochs=2)
+        _check_resumable(run, fingerprint, budget_s=None, epochs=2)
     ck = torch.load(run / "last.pt", weights_only=False)
     ck["planned_steps"] = ck["step"]  # a time budget's plan, taken to its end
     torch.save(ck, run / "last.pt")
     with pytest.raises(ConfigError, match=r"took all 4 steps of its schedule .* --weights "):
-        _check_resumable(run, fingerprint, budget=True, epochs=40)
+        _check_resumable(run, fingerprint, budget_s=3600.0, epochs=40)
 
 
 def test_evaluate_writes_report_and_thresholds(tiny_run: Path, tmp_path: Path) -> None:

@@ -732,18 +732,18 @@ def load_checkpoint(path: Path, state: TrainState, device: torch.device) -> Prog
                     ck.get("best_epoch", 0))
 
 
-def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
+def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget_s: float | None,
                      epochs: int, tiling: Tiling | None = None,
                      cfg: TrainConfig | None = None,
-                     notes: list[str] | None = None,
-                     budget_s: float | None = None) -> dict[str, Any]:
+                     notes: list[str] | None = None) -> dict[str, Any]:
     """Refuse to continue ``run`` on other data than it trained on: ``--resume`` given to
     a run of a taken name (say, with ``--merge`` of reviews) would carry on the old run.
     A set is the same by its resolved path or by its annotations' content (the run folder
     moved to another machine), the merged sets in any order. Refuse a run whose schedule
     is done, too: it took no step and logged an empty epoch (new-user review), and with
     ``cfg`` a field that cannot change midway (:data:`FIXED_ON_RESUME`) changed, and a time
-    budget (``budget_s``, the whole run's) its earlier sessions already spent. Returns
+    budget (``budget_s``, the whole run's; None: trained by epochs) its earlier sessions
+    already spent. Returns
     the config the run's checkpoint trained with (empty before checkpoints kept it)."""
     try:  # tensors and plain values only: a run folder from elsewhere cannot run code
         ck = read_torch_file(run / "last.pt", mmap=True)
@@ -761,7 +761,7 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
         _check_same_setup(run, saved, cfg)
     planned, step = int(ck.get("planned_steps") or 0), int(ck.get("step") or 0)
     best = _weights_of(run)
-    if budget and planned and step >= planned:
+    if budget_s is not None and planned and step >= planned:
         raise ConfigError(
             f"--resume: {run} took all {planned} steps of its schedule (fitted to its time "
             "budget, ending at a learning rate near 0): nothing is left to continue. To "
@@ -774,7 +774,7 @@ def _check_resumable(run: Path, fingerprint: dict[str, Any], *, budget: bool,
             f"{format_duration(budget_s)} (--time counts the whole run, its earlier sessions "
             f"too): nothing is left for this one. For N minutes more give --time "
             f"{format_duration(spent)} + N, e.g. --time {math.ceil(spent / 60) + 10}m")
-    if not budget and int(ck.get("epoch", -1)) + 1 >= epochs:  # -1: no epoch finished
+    if budget_s is None and int(ck.get("epoch", -1)) + 1 >= epochs:  # -1: no epoch finished
         # a onecycle schedule cannot be made longer (_check_same_setup): not "give
         # --epochs MORE", which it then refused (review, session 46)
         more = "" if saved.get("schedule") == "onecycle" else "give --epochs MORE to continue it, or "
@@ -1041,8 +1041,8 @@ def _train(cfg: TrainConfig, *, resume: bool, quiet: bool,
                           "check --name (and out_dir), or leave --resume out for a new run")
     changes: list[str] = []
     if resume:
-        was = _check_resumable(run, data.fingerprint, budget=budget_s is not None, budget_s=budget_s,
-                               epochs=cfg.epochs, tiling=cfg.tiling, cfg=cfg, notes=changes)
+        was = _check_resumable(run, data.fingerprint, budget_s=budget_s, epochs=cfg.epochs,
+                               tiling=cfg.tiling, cfg=cfg, notes=changes)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         if unheld := held.enter_context(hold_run(run)):

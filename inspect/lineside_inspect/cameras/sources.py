@@ -170,9 +170,10 @@ class OpenCVSource:
                 time.monotonic() - began >= self.read_timeout_ms / 1000:
             raise silent(self.read_timeout_ms / 1000)  # (the worker: "stalled: ...")
         if not ok and self.is_file and self.loop:
-            if _file_id(self.source) == self._file:
+            now = _file_id(self.source)
+            if now == self._file:
                 self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            elif not self._reopened():
+            elif not self._reopened(gone=now is None):
                 return None  # a close was asked meanwhile
             ok, frame = self.cap.read()
         elif not ok and self.is_file:
@@ -185,7 +186,7 @@ class OpenCVSource:
             return decode_image(frame.tobytes(), self.max_pixels)
         return frame
 
-    def _reopened(self) -> bool:
+    def _reopened(self, *, gone: bool) -> bool:
         """At its end, a looping video file that is no longer the one opened, opened again
         here as it is now (False: a close was asked). The open capture went on looping the
         file it opened: a deleted one for ever, "online", and a video replaced or cut short
@@ -193,7 +194,7 @@ class OpenCVSource:
         :class:`SourceChanged`: the worker takes the camera offline, saying so; one only
         touched or still being written plays on, with no reconnect."""
         changed = f"video file {shown_source(self.source)!r} was removed or changed since it opened"
-        if _file_id(self.source) is None:
+        if gone:
             raise SourceChanged(changed)
         self._release()
         if self._stop.is_set() or self._close_asked:

@@ -240,7 +240,6 @@ class ShadowRunner:
         row marked stopped, then out of the running set. The row says stopped before the
         session goes: status reads the row once it has (it read "running": false with
         "stopped_at": null in between, a CI run found)."""
-        session.stopping.set()
         session.stopped_at = datetime.now(UTC)
         try:
             self._end_process(session)
