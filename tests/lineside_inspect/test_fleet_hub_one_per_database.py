@@ -143,7 +143,9 @@ def test_release_while_a_look_waits_on_a_frozen_database_ends_and_keeps_no_lock(
         os.kill(pid, signal.SIGCONT)
     look.join(20)
     assert not look.is_alive() and not lock.held
-    # the look closed the session it held: the lock is free for the next hub
+    # the look closed the session it held: the lock is free for the next hub (once the
+    # backend, seeing the close, has ended)
+    _wait(lambda: not _lock_pids(admin), "the look's session ending")
     HubDatabaseLock(url).acquire().release()
     admin.dispose()
 
@@ -172,7 +174,8 @@ def test_a_lock_a_look_takes_after_release_began_is_not_kept(postgres: str) -> N
         os.kill(postmaster, signal.SIGCONT)
     look.join(20)
     assert not look.is_alive() and not lock.held and lock._conn is None
-    assert not _lock_pids(admin)
+    # the look closed what it took; its backend ends when it reads the close (not at once)
+    _wait(lambda: not _lock_pids(admin), "the look's lock ending with its closed session")
     HubDatabaseLock(url).acquire().release()  # was: "another hub is running"
     admin.dispose()
 

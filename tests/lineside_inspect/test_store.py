@@ -416,8 +416,15 @@ def test_full_disk_still_answers_not_stored(tmp_path: Path, detector: Detector) 
         pytest.skip(f"cannot mount a small tmpfs here: {res.stderr.decode().strip()}")
     try:
         store = Store(mnt, pass_rate=1.0)
-        results = [store.save(_inspection(detector, "fail")) for _ in range(12)]
+        results = []
+        for _ in range(12):
+            results.append(store.save(_inspection(detector, "fail")))
+            # each applied before the next: what refuses is the disk, not how far the
+            # writer is behind (a save waiting on an unapplied one is refused, and the
+            # next, after the apply freed its share, taken: CI saw True after ten Falses)
+            store.flush()
         assert results[0] is True and results[-1] is False  # filled up, then refused
+        assert results == sorted(results, reverse=True), results  # refused from then on
         total, rows = store.query(limit=50)
         assert total == sum(results)
         for r in rows:
