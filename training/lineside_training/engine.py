@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import math
 import os
@@ -669,25 +670,20 @@ def save_checkpoint(
 def write_checkpoint(path: Path, payload: dict[str, Any], *,
                      then: str = "free space, then continue with --resume") -> None:
     """``torch.save`` of ``payload`` to ``path`` through a temporary file, synced, then
-    renamed over it: a save that fails or is interrupted leaves the previous file whole and
-    no partial ``.tmp`` beside it. A full disk was a torch traceback ("enforce fail at
-    inline_container.cc ... unexpected pos") that left the half-written file filling the
-    disk (session 51): now one line naming the file and the system's reason."""
-    tmp = path.with_suffix(".tmp")
+    renamed over it and the folder synced (:func:`write_atomic`): a save that fails or is
+    interrupted leaves the previous file whole and no partial temp file beside it. A full
+    disk was a torch traceback ("enforce fail at inline_container.cc ... unexpected pos")
+    that left the half-written file filling the disk (session 51): now one line naming the
+    file and the system's reason."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # in memory: a checkpoint is the model's weights, MBs
     try:
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
+        # the folder synced too: a power cut after the rename kept the old name's file
+        write_atomic(path, buf.getvalue())
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         if not isinstance(exc, Exception):  # a Ctrl-C (SIGTERM): the caller's
             raise
-        # torch's writer reports the file's OSError (no space, too large) as its context
-        cause = exc if isinstance(exc, OSError) else exc.__context__
-        why = (cause.strerror or str(cause)) if isinstance(cause, OSError) else \
-            type(exc).__name__
+        why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else type(exc).__name__
         kept = f"the previous {path.name} is kept" if path.is_file() else "none was saved"
         raise ConfigError(f"{path}: the checkpoint could not be written ({why}); {kept}: "
                           f"{then}") from None
