@@ -54,7 +54,11 @@ def test_a_second_hub_on_the_hubs_database_stops_in_one_line(
         assert "(schema public)" in lines[0]
         # nothing of the second one's was made: its data folder stays unlocked and empty
         assert not (tmp_path / "second").exists() or not any((tmp_path / "second").iterdir())
-    # the first one gone, its lock went with it
+    # the first one gone, its lock went with it (once its closed session's backend, seeing
+    # the close, has ended: not at once)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    _wait(lambda: not _lock_pids(admin), "the first hub's session ending")
+    admin.dispose()
     HubDatabaseLock(url).acquire().release()
 
 
@@ -75,16 +79,16 @@ def test_the_lock_is_per_schema_and_taken_again_after_its_connection_was_lost(
         HubDatabaseLock(f"{url}?options=-csearch_path%3Dother").acquire().release()
 
         def lock_pids() -> list[int]:
-            with admin.connect() as c:
-                return list(c.scalars(text(
-                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                    "AND database = (SELECT oid FROM pg_database "
-                    "WHERE datname = current_database())")))
+            return _lock_pids(admin)
 
+        # a closed session's backend ends (and its lock with it) when it reads the close,
+        # and one ended by pg_terminate_backend when it takes the signal: waited for below
+        _wait(lambda: len(lock_pids()) == 1, "the other schema's session ending")
         # a PostgreSQL restart, or a DBA, ends the session holding it: taken again
         [pid] = lock_pids()
         with admin.connect() as c:
             c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        _wait(lambda: not lock_pids(), "the terminated session ending")
         caplog.set_level(logging.INFO, "lineside.hub")
         first.check()
         assert first.held and len(lock_pids()) == 1 and lock_pids() != [pid]
@@ -95,6 +99,7 @@ def test_the_lock_is_per_schema_and_taken_again_after_its_connection_was_lost(
         [pid] = lock_pids()
         with admin.connect() as c:
             c.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        _wait(lambda: not lock_pids(), "the terminated session ending")
         second = HubDatabaseLock(url).acquire()
         caplog.clear()
         first.check()
@@ -102,6 +107,7 @@ def test_the_lock_is_per_schema_and_taken_again_after_its_connection_was_lost(
         assert not first.held
         assert caplog.text.count("another hub took the hub's lock") == 1, caplog.text
         second.release()
+        _wait(lambda: not lock_pids(), "the second's closed session ending")
         first.check()
         assert first.held
     finally:

@@ -413,7 +413,10 @@ def test_full_quota_is_looked_at_again_when_the_oldest_row_passes_the_age_limit(
     """Unsampled passes younger than the age limit fill the quota: refused at once (no
     retention pass each) until the oldest of them passes the limit, then the next save
     looks again by itself, and stores."""
-    age = 2.0  # seconds
+    # seconds: the fill and the refused saves below must all come before the oldest row
+    # passes it (they took 0.6 s of a 2 s age on a 2-core dev host: on a slower one the
+    # oldest row aged out meanwhile, and a save asserted refused was stored)
+    age = 10.0
     quota = 420_000
     with Store(tmp_path, pass_rate=0.0, max_bytes=quota, max_age_days=age / 86400,
                sync_interval_s=3600) as store:
@@ -431,9 +434,8 @@ def test_full_quota_is_looked_at_again_when_the_oldest_row_passes_the_age_limit(
         assert calls == []
         oldest = min(r.created_at for r in store.query(limit=500)[1])
         due = oldest + timedelta(seconds=age)
-        for _ in range(400):  # wait for the age limit (bounded: never hangs)
-            if datetime.now(UTC) > due:
-                break
+        deadline = time.monotonic() + age + 30  # wait for the age limit (bounded: never hangs)
+        while datetime.now(UTC) <= due and time.monotonic() < deadline:
             time.sleep(0.02)
         resumed = again(fail, verdict="pass", created_at=datetime.now(UTC))
         assert store.save(resumed)
