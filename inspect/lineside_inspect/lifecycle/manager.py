@@ -699,8 +699,8 @@ class Lifecycle(AdmissionRules):
         if session is None:
             if runner.session(model) is not None:  # claimed by another stop, or its death
                 raise NotFoundError(f"{model}'s shadow is being stopped already (by another "
-                                    "stop, or its process ended); its status says stopped in a "
-                                    "moment")
+                                    "stop, or its process ended): its status says stopping "
+                                    "until it has, then stopped")
             raise NotFoundError(f"{model} has no shadow running")
         self.records.audit(actor=actor, action="shadow_stop", model=model, version=session.version,
                            reason=reason, details={"run_id": session.run_id, **session.counts()})

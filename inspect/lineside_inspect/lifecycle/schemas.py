@@ -166,7 +166,12 @@ class ShadowStatus(_Shape):
 
     model: str
     active_version: str | None
-    running: bool
+    running: bool = Field(description=(
+        "its process is up: state running, or stopping (the row not yet marked stopped)"))
+    state: Literal["running", "stopping", "stopped"] | None = Field(None, description=(
+        "stopping: a stop, a replacing start, its process's death or the server's shutdown "
+        "is ending it (a stop then answers 404 'is being stopped already'); None: never "
+        "shadowed"))
     shadow: ShadowModel | None = Field(description="None: never shadowed since the store began")
     run_id: str | None = None
     sample_rate: float | None = None

@@ -57,6 +57,7 @@ PERSIST_EVERY_S = 2.0  # the run's counters reach the database at least this oft
 START_TIMEOUT_S = 120.0  # the shadow process loads its model within this
 SHADOW_CAPTURE = "shadow_disagreement"
 STOPPED_BY = "lineside"  # the audit actor of a stop the server made (manager.SYSTEM)
+SHUTDOWN_RECORD_S = 10.0  # what the shadows' rows and stops may take to write at shutdown
 _spawn = multiprocessing.get_context("spawn")  # the server has threads: never fork it
 
 
@@ -214,14 +215,57 @@ class ShadowRunner:
             self._end(session)
         return session
 
-    def close(self) -> None:
+    def close(self, record_s: float | None = None) -> None:
+        """End every shadow (the server stops). Each is in the audit log as a
+        ``shadow_stop`` by the server, "the server stopped", with its final counts, as a
+        stop and a death are: it showed a shadow started and never stopped (session 54).
+        The processes end first; their rows and entries then get ``record_s`` seconds
+        (default SHUTDOWN_RECORD_S; a database gone or answering nothing is logged: the
+        shutdown goes on, the writes finish if it answers before the process exits)."""
+        record_s = SHUTDOWN_RECORD_S if record_s is None else record_s
         with self._lock:
             sessions = [s for s in list(self._sessions.values()) if self._claim(s) is not None]
+        if not sessions:
+            return
+        for s in sessions:
+            s.stopped_at = datetime.now(UTC)
+            try:
+                self._halt(s)
+            except Exception as exc:  # a process that would not end: its stop is recorded
+                log.warning("shadow %s %s: its process not ended cleanly: %s", s.model,
+                            s.version, exc)
+        writer = threading.Thread(target=self._record_closed, args=(sessions,),
+                                  name="shadow-close", daemon=True)
+        writer.start()
+        writer.join(record_s)
+        if writer.is_alive():
+            log.error("shadow %s: stopped with the server, not recorded within %.0f s (the "
+                      "database answers nothing); the audit log may show it started and never "
+                      "stopped", ", ".join(s.model for s in sessions), record_s)
+        with self._lock:
+            for s in sessions:
+                if self._sessions.get(s.model) is s:
+                    del self._sessions[s.model]
+
+    def _record_closed(self, sessions: list[ShadowSession]) -> None:
         for s in sessions:
             try:
-                self._end(s)
+                self.records.update_shadow(s.run_id, s.counts(), stopped=True)
             except Exception as exc:  # the database may be gone at shutdown
                 log.warning("shadow %s: final counts not saved: %s", s.model, exc)
+            self._record_stop(s, "the server stopped: the shadow is stopped with it; start it "
+                                 "again to go on comparing", "with the server")
+
+    def _record_stop(self, session: ShadowSession, reason: str, how: str) -> None:
+        """The server's own stop of ``session`` in the audit log (its process's death, the
+        shutdown), with the final counts: a database failing is a warning."""
+        try:
+            self.records.audit(actor=STOPPED_BY, action="shadow_stop", model=session.model,
+                               version=session.version, reason=reason,
+                               details={"run_id": session.run_id, **session.counts()})
+        except Exception as exc:
+            log.warning("shadow %s %s stopped (%s), not recorded: %s", session.model,
+                        session.version, how, exc)
 
     @staticmethod
     def _claim(session: ShadowSession | None) -> ShadowSession | None:
@@ -242,15 +286,19 @@ class ShadowRunner:
         "stopped_at": null in between, a CI run found)."""
         session.stopped_at = datetime.now(UTC)
         try:
-            self._end_process(session)
-            if session.collector is not None and session.collector is not threading.current_thread():
-                session.collector.join(5)
+            self._halt(session)
             self.records.update_shadow(session.run_id, session.counts(), stopped=True)
         finally:  # (a database outage, a process that would not end: the session goes all
             # the same; claimed, it was left "running" for ever, and every stop a 404)
             with self._lock:
                 if self._sessions.get(session.model) is session:  # not its replacement
                     del self._sessions[session.model]
+
+    def _halt(self, session: ShadowSession) -> None:
+        """End a claimed ``session``'s process and collector thread."""
+        self._end_process(session)
+        if session.collector is not None and session.collector is not threading.current_thread():
+            session.collector.join(5)
 
     @staticmethod
     def _end_process(session: ShadowSession) -> None:
@@ -388,15 +436,9 @@ class ShadowRunner:
         # in the audit log as any other stop, by the server itself (session 52): the log
         # showed a shadow started and never stopped while its status said stopped, and
         # nowhere the operator reads said why
-        try:
-            self.records.audit(actor=STOPPED_BY, action="shadow_stop", model=session.model,
-                               version=session.version,
-                               reason=f"its process ended (exit code {code}): the shadow is "
-                                      "stopped; start it again to go on comparing",
-                               details={"run_id": session.run_id, **session.counts()})
-        except Exception as exc:  # a database outage: said in the log above
-            log.warning("shadow %s %s stopped (its process ended), not recorded: %s",
-                        session.model, session.version, exc)
+        self._record_stop(session, f"its process ended (exit code {code}): the shadow is "
+                                   "stopped; start it again to go on comparing",
+                          "its process ended")
 
     def _persist(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -453,6 +495,10 @@ class ShadowRunner:
         both are equally right or wrong)."""
         session = self.session(model)
         if session is not None:
+            # claimed: a stop, a replacement, its death or the shutdown is ending it (its
+            # process still up, its row not yet marked): a second stop then answered 404
+            # "being stopped already" while this said running alone (session 54)
+            state = "stopping" if session.ending else "running"
             counts, run_id = session.counts(), session.run_id
             version, sha, rate = session.version, session.sha256, session.sample_rate
             started, stopped, by = session.started_at, None, session.started_by
@@ -461,7 +507,8 @@ class ShadowRunner:
             row = self.records.shadow_run(model)
             if row is None:
                 return {"model": model, "active_version": active_version, "running": False,
-                        "shadow": None}
+                        "state": None, "shadow": None}
+            state = "stopped"  # (a row never marked: the server was killed while it ran)
             counts = {k: getattr(row, k) for k in ("offered", "compared", "agreed", "dropped", "errors")}
             run_id, version, sha, rate = row.id, row.shadow_version, row.shadow_sha256, row.sample_rate
             started, stopped, by, ms, priority = row.created_at, row.stopped_at, None, [], None
@@ -484,7 +531,7 @@ class ShadowRunner:
         compared = counts["compared"]
         return {
             "model": model, "active_version": active_version, "running": session is not None,
-            "run_id": run_id, "shadow": {"version": version, "sha256": sha},
+            "state": state, "run_id": run_id, "shadow": {"version": version, "sha256": sha},
             "sample_rate": rate, "started_at": started, "stopped_at": stopped, "started_by": by,
             **counts,
             "agreement": counts["agreed"] / compared if compared else None,
