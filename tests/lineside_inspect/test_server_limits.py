@@ -323,14 +323,16 @@ def test_a_body_slower_than_min_body_rate_gets_408_counted_once(launch) -> None:
     """min_body_rate is the server's setting: an upload at 40 KiB/s goes through when the
     server wants 16 KiB/s (a fixed 64 KiB/s cut such links off); one at 4 KiB/s is cut
     off with a 408 naming the rate, counted once in the request errors; with 0 only the
-    per-part timeout holds."""
-    srv = launch(body_timeout_s=1, min_body_rate=16 * 1024)
-    off = launch(body_timeout_s=1, min_body_rate=0)
+    per-part timeout holds. body_timeout_s is 2 s (it was 1): the 4 KiB/s upload's 1 KiB
+    parts came 0.25 s apart, so a sender given no CPU for 0.75 s on a loaded host was cut
+    off by the per-part timeout (session 54)."""
+    srv = launch(body_timeout_s=2, min_body_rate=16 * 1024)
+    off = launch(body_timeout_s=2, min_body_rate=0)
     # the two uploads that go through, each lasting past the first body_timeout_s, run at
     # once (on their own servers), then the one cut off
     with ThreadPoolExecutor(2) as pool:
-        fast = pool.submit(_paced_upload, srv.url, 60_000, 40 * 1024)
-        unrated = pool.submit(_paced_upload, off.url, 6_000, 4 * 1024)
+        fast = pool.submit(_paced_upload, srv.url, 120_000, 40 * 1024)
+        unrated = pool.submit(_paced_upload, off.url, 12_000, 4 * 1024)
         answer, answer_off = fast.result(), unrated.result()
     assert answer.startswith(b"HTTP/1.1 4") and b'"body_timeout"' not in answer  # not a JPEG
     assert _body_timeouts(srv) == 0
@@ -542,17 +544,32 @@ def test_a_refusal_its_client_never_reads_does_not_hold_a_connection() -> None:
     assert asyncio.run(refused()), "the unread refusal held its connection"
 
 
-def test_a_pipelining_client_that_reads_gets_every_answer_whole() -> None:
+def test_a_pipelining_client_that_reads_gets_every_answer_whole(monkeypatch) -> None:
     """A client that pipelines requests behind an answer still in the buffer and reads
-    steadily is never judged slow by the count across answers (session 51)."""
+    steadily is never judged slow by the count across answers (session 51). It reads
+    4 KiB every 0.2 s: slowly enough that the send timer checks it while the second
+    answer is added behind the first, and drains less than that answer in a window (what
+    it drained is not the buffer's shrinking), yet 20x faster than min_body_rate asks. It
+    read at full speed before and was never checked, but when a loaded host gave it no
+    CPU for a whole 0.3 s window, which cut it off (session 54): only a reader stalled a
+    whole 1 s window is judged slow now."""
+    checks: list[float] = []
+    check_send = SlowClientProtocol._check_send
+
+    def counted(self: SlowClientProtocol) -> None:
+        checks.append(time.monotonic())
+        check_send(self)
+
+    monkeypatch.setattr(SlowClientProtocol, "_check_send", counted)
     with _small_buffer_server(max_connections=2, header_timeout_s=30,
-                              body_timeout_s=0.3) as (_server, url):
+                              body_timeout_s=1, min_body_rate=1024) as (_server, url):
         reader = _slow_reader(url)
-        reader.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 3)
+        reader.sendall(b"GET /static/review.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         bodies = []
         try:
             data = b""
-            while len(bodies) < 4:  # steadily, 4 KiB at a time
+            while len(bodies) < 2:  # steadily, 4 KiB at a time
+                time.sleep(0.2)
                 part = reader.recv(4096)
                 assert part, f"closed after {len(bodies)} answers"
                 data += part
@@ -568,6 +585,7 @@ def test_a_pipelining_client_that_reads_gets_every_answer_whole() -> None:
         finally:
             reader.close()
     assert len({len(b) for b in bodies}) == 1 and len(bodies[0]) > 40_000  # all whole
+    assert checks  # judged at least once on the way, and found reading
 
 
 def test_each_server_says_it_made_room(launch, caplog) -> None:
