@@ -206,6 +206,12 @@ class ConfigError(LinesideError):
     status = 422
 
 
+class RecipeDoesNotFitFrame(ConfigError):
+    """A recipe whose rules cannot judge the frame given: its regions of interest lie wholly
+    outside it, where no defect can count (a ConfigError still, 422 ``invalid_config``; a
+    PLC's ``ErrorCode`` 7, recipe not usable). Every such part passed (session 54)."""
+
+
 class RecipesCannotFollow(ConfigError):
     """A version a recipe following the active version cannot serve, refused activation
     (a ConfigError still, 422 ``invalid_config``; a fleet box takes the version once more
@@ -491,6 +497,15 @@ class RecipeBreaksCamera(LinesideError):
     would fail. Nothing was changed."""
 
     code = "recipe_breaks_camera"
+    status = 409
+
+
+class RecipeNameTaken(LinesideError):
+    """A recipe put over the API under a name that differs only in case from one the server
+    holds (``DeepPCB`` beside ``deeppcb``): a PLC, a page or a person choosing by name
+    would take one product's rules for the other's. Nothing was changed (session 54)."""
+
+    code = "recipe_name_taken"
     status = 409
 
 

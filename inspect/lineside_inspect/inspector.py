@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.errors import ConfigError
+from lineside_inspect.errors import ConfigError, RecipeDoesNotFitFrame
 from lineside_inspect.package import ModelCard
 from lineside_inspect.recipes import Recipe, judge
 from lineside_inspect.recipes.rules import (
@@ -22,6 +22,7 @@ from lineside_inspect.recipes.rules import (
     Verdict,
     blank_view,
     looks,
+    roi_outside,
     with_blank_view,
     with_reference_mismatch,
 )
@@ -165,6 +166,9 @@ def inspect(image: np.ndarray, detector: Detector, recipe: Recipe, *,
     fused with the detector (the recipe's ``anomaly.model``); ``anomaly_finding`` is its
     finding on this frame made already (a shadow detector is judged beside the good-only
     model that served, so both verdicts weigh the same anomaly)."""
+    outside = roi_outside(recipe, image.shape[1], image.shape[0])
+    if outside is not None:  # an error, never a pass no defect could fail
+        raise RecipeDoesNotFitFrame(outside)
     clock = time.perf_counter
     gate: GateResult | None = None
     # the contrast check and the gate read the frame before the model does: preprocessing,

@@ -594,6 +594,7 @@ def preflight(settings: Settings) -> None:
     from lineside_inspect.errors import MissingExtraError, install_hint
     from lineside_inspect.package import load_package
     from lineside_inspect.recipes import check_card_recipe, load_recipe
+    from lineside_inspect.recipes.schema import check_distinct
 
     if (settings.database_url or "").startswith("postgresql") and find_spec("psycopg") is None:
         # a ModuleNotFoundError traceback from the start-up's store otherwise
@@ -624,8 +625,10 @@ def preflight(settings: Settings) -> None:
         if clash:
             raise PackageError(f"{path}: {clash}")
         versions[card.version] = card
-    for path in settings.recipes:
-        _check_recipe(load_recipe(path), cards, pulled=settings.fleet.hub_url is not None)
+    recipes = [(str(path), load_recipe(path)) for path in settings.recipes]
+    check_distinct(recipes)
+    for _, recipe in recipes:
+        _check_recipe(recipe, cards, pulled=settings.fleet.hub_url is not None)
 
 
 def _check_temp_folder() -> None:

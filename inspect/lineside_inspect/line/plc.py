@@ -25,6 +25,7 @@ from lineside_inspect.errors import (
     LinesideError,
     NotFoundError,
     Overloaded,
+    RecipeDoesNotFitFrame,
     ReferenceImageError,
     echo,
 )
@@ -62,7 +63,7 @@ def error_code(exc: BaseException) -> ErrorCode:
             else ErrorCode.NO_FRESH_FRAME
     if isinstance(exc, Overloaded | DeadlineExceeded):
         return ErrorCode.OVERLOAD
-    if isinstance(exc, ReferenceImageError):
+    if isinstance(exc, ReferenceImageError | RecipeDoesNotFitFrame):
         return ErrorCode.RECIPE_NOT_USABLE
     if isinstance(exc, LinesideError):
         return ErrorCode.MODEL_ERROR

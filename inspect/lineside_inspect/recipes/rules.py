@@ -91,6 +91,26 @@ def _placed(detections: Detections, recipe: Recipe) -> Detections:
     return detections[keep]
 
 
+def roi_outside(recipe: Recipe, width: int, height: int) -> str | None:
+    """Why ``recipe`` cannot judge a ``width`` x ``height`` frame, or None: its regions of
+    interest all lie outside the frame (each polygon's bounds miss it), so no box centre,
+    which lies on the frame, can count, and every part passed. A roi drawn for another
+    camera's frame size (a 5 MP station's figures on a 640 px frame) or another product's
+    fixture passed every defective board with ``"reasons": []`` (session 54)."""
+    if not recipe.roi:
+        return None
+    for polygon in recipe.roi:
+        xs, ys = [x for x, _ in polygon], [y for _, y in polygon]
+        if min(xs) < width and max(xs) > 0 and min(ys) < height and max(ys) > 0:
+            return None
+    xs = [x for p in recipe.roi for x, _ in p]
+    ys = [y for p in recipe.roi for _, y in p]
+    return (f"recipe {recipe.name} version {recipe.version}: its roi (x {min(xs):g}..{max(xs):g}, "
+            f"y {min(ys):g}..{max(ys):g}) lies wholly outside the {width}x{height} frame, so no "
+            "defect could count and every part would pass: draw the roi in this camera's frame "
+            "pixels (0..width, 0..height)")
+
+
 def looks(recipe: Recipe) -> Looks | None:
     """Where the recipe judges a good-only model's map (its ``roi`` and ``ignore``
     polygons), or None when it judges all of it."""

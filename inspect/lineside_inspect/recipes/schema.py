@@ -156,6 +156,18 @@ class Recipe(BaseModel):
                 raise ValueError(f"polygon {i} encloses no area (its points are on one line)")
         return polygons
 
+    @field_validator("roi")
+    @classmethod
+    def _roi_in_frames(cls, polygons: list[Polygon]) -> list[Polygon]:
+        # a frame's pixels are at x >= 0 and y >= 0: a region wholly left of or above the
+        # image holds none, so no defect counted and every part passed (session 54)
+        for i, p in enumerate(polygons):
+            if max(x for x, _ in p) <= 0 or max(y for _, y in p) <= 0:
+                raise ValueError(f"polygon {i} lies wholly left of or above the image (frame "
+                                 "pixels are at x >= 0 and y >= 0): it holds no pixel of any "
+                                 "frame, so no defect would count and every part would pass")
+        return polygons
+
     @model_validator(mode="after")
     def _mm_needs_scale(self) -> Recipe:
         if self.min_size_mm is not None and self.pixels_per_mm is None:
@@ -237,6 +249,28 @@ class Recipe(BaseModel):
             if label not in known:
                 raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r} "
                                   f"(model classes: {', '.join(map(repr, class_names))})")
+
+
+def check_distinct(recipes: list[tuple[str, Recipe]]) -> None:
+    """Refuse configured recipes (``(file, recipe)`` in the config's order) two of which
+    share a name, or have names that differ only in case: the later replaced the earlier
+    unseen (a recipe file copied for a new product and not renamed judged the first
+    product by the copy's rules), and ``a`` beside ``A`` is one product taken for the
+    other by whoever chooses by name (session 54)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for where, recipe in recipes:
+        key = recipe.name.lower()  # names are ASCII (names.NAME_RE): no other folding
+        if key in seen:
+            name, first = seen[key]
+            if name == recipe.name:
+                raise ConfigError(f"recipes: {first} and {where} both name recipe {name}: the "
+                                  "later would replace the earlier unseen; give each product "
+                                  "its own name")
+            raise ConfigError(f"recipes: {first} names recipe {name} and {where} recipe "
+                              f"{recipe.name}, names that differ only in case: a PLC, a page "
+                              "or a person choosing by name would take one for the other; "
+                              "rename one")
+        seen[key] = (recipe.name, where)
 
 
 class _Loader(yaml.SafeLoader):

@@ -17,6 +17,7 @@ from lineside_inspect.names import NAME_RULE
 from lineside_inspect.package import default_recipe_name
 from lineside_inspect.recipes import Recipe, load_recipe
 from lineside_inspect.recipes.saved import SavedRecipes
+from lineside_inspect.recipes.schema import check_distinct
 from lineside_inspect.references import ReferenceLibrary
 from lineside_inspect.server import gate
 from lineside_inspect.server.guard import Guard
@@ -57,6 +58,7 @@ def load_everything(settings: Settings, registry: Registry) -> None:
     for path in settings.models:
         registry.load_model(path)
     recipes = [load_recipe(p) for p in settings.recipes]
+    check_distinct([(str(p), r) for p, r in zip(settings.recipes, recipes, strict=True)])
     if not recipes:
         for name, slot in registry.models().items():
             assert slot.active is not None

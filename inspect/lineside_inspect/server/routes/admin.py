@@ -15,6 +15,7 @@ from lineside_inspect.errors import (
     NotFoundError,
     PackageError,
     RecipeBreaksCamera,
+    RecipeNameTaken,
     RecipesCannotFollow,
     echo,
 )
@@ -210,6 +211,13 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
     # check below passed over it as not loaded, and a reference model then went to a
     # camera that names no golden image
     with saved.lock, registry.loaded(recipe.model, recipe.model_version):
+        # a new name only: one held already (a pair put before session 54) is put again
+        held = [r.name for r in registry.recipes()] + list(registry.waiting)
+        if name not in held and (clash := [n for n in held if n.lower() == name.lower()]):
+            raise RecipeNameTaken(f"recipe {name}: the server holds recipe {clash[0]}, a name "
+                                  "that differs only in case: a PLC, a page or a person "
+                                  f"choosing by name would take one for the other; put it as "
+                                  f"{clash[0]} to change that one, or choose another name")
         state.service.check_recipe_for_cameras(recipe)
         try:
             before: Recipe | None = registry.recipe(name)

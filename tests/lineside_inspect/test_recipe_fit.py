@@ -1,0 +1,161 @@
+"""Recipes a line engineer gets wrong, refused before they judge a part (session 54).
+
+- A ``roi`` drawn for another frame size (a 5 MP station's figures on a 640 px frame) lies
+  wholly outside the frame: no box centre could count, and every defective board passed
+  with ``"reasons": []``. Each inspection under it is now an error naming the recipe, its
+  roi and the frame size (422; a PLC's ``RECIPE_NOT_USABLE``), never a pass; a roi wholly
+  left of or above any image is refused when put.
+- Two recipe files naming one recipe: the later replaced the earlier unseen (a copied file
+  not renamed judged the first product by the copy's rules). Names that differ only in
+  case (``A`` beside ``a``) were two products one choice apart. Both are refused at start
+  naming the files; a new name differing only in case from a held one is refused over the
+  API (409 ``recipe_name_taken``).
+
+Real servers (uvicorn on loopback, the bundled onnxruntime models, SQLite) and a real
+``lineside serve`` process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lineside_inspect.errors import ConfigError, RecipeDoesNotFitFrame
+from lineside_inspect.line.plc import error_code
+from lineside_inspect.line.station import ErrorCode
+from lineside_inspect.server.app import create_app
+
+from .conftest import ROOT, SAMPLE, Running, keyed, start_server
+from .server_process import LINESIDE, free_port
+
+RECIPES = ROOT / "configs" / "recipes"
+GOOD_MODEL = ROOT / "models" / "deeppcb-good" / "1"
+MODEL = ROOT / "models" / "deeppcb" / "1"
+# a DeepPCB board (640 x 640) the bundled detector fails with several defects
+DEFECTIVE = SAMPLE / "images" / "group13000" / "13000001_test.jpg"
+FAR = [[5000, 5000], [6000, 5000], [6000, 6000], [5000, 6000]]  # a 5 MP station's roi
+
+
+@pytest.fixture(scope="module")
+def served() -> Any:
+    running, stop = start_server(keyed(models=[str(MODEL), str(GOOD_MODEL)],
+                                       recipes=[str(RECIPES / "deeppcb.yaml"),
+                                                str(RECIPES / "deeppcb-good.yaml")]))
+    yield running
+    stop()
+
+
+def _inspect(srv: Running, recipe: str) -> Any:
+    with srv.client("line") as c:
+        return c.post(f"/v1/inspect?recipe={recipe}", content=DEFECTIVE.read_bytes(),
+                      headers={"content-type": "image/jpeg"})
+
+
+def _put(srv: Running, body: dict[str, Any]) -> Any:
+    with srv.client("admin") as c:
+        return c.put(f"/v1/recipes/{body['name']}", json=body)
+
+
+def _stored(srv: Running) -> int:
+    with srv.client("reviewer") as c:
+        r = c.get("/v1/inspections?limit=500")
+        assert r.status_code == 200, r.text
+        return len(r.json()["items"])
+
+
+def test_a_roi_outside_the_frame_is_an_error_never_a_pass(served: Running) -> None:
+    judged = _inspect(served, "deeppcb")
+    assert judged.status_code == 200 and judged.json()["verdict"] == "fail", judged.text
+    for body in ({"name": "far", "version": "2", "model": "deeppcb", "roi": [FAR]},
+                 # a good-only model judges its map inside the roi: nothing there either
+                 {"name": "far-good", "version": "2", "model": "deeppcb-good", "roi": [FAR]}):
+        assert _put(served, body).status_code == 200
+        before = _stored(served)
+        r = _inspect(served, body["name"])
+        assert r.status_code == 422, r.text  # was 200 {"verdict": "pass", "reasons": []}
+        error = r.json()["error"]
+        assert error["code"] == "invalid_config"
+        assert error["message"].startswith(
+            f"recipe {body['name']} version 2: its roi (x 5000..6000, y 5000..6000) lies "
+            "wholly outside the 640x640 frame, so no defect could count"), error
+        assert "Traceback" not in r.text and "/" not in error["message"]
+        assert _stored(served) == before  # no verdict was kept for the part
+    # a roi reaching into the frame judges as before: the same board fails inside it
+    part = {"name": "part", "model": "deeppcb", "roi": [[[-100, -100], [700, -100], [700, 700]]]}
+    assert _put(served, part).status_code == 200
+    r = _inspect(served, "part")
+    assert r.status_code == 200 and r.json()["verdict"] == "fail", r.text
+    assert r.json()["recipe"] == {"name": "part", "version": "1"}
+
+
+def test_a_roi_no_frame_can_reach_is_refused_when_put(served: Running) -> None:
+    for roi in ([[-100, -100], [-50, -100], [-50, -50]],  # left of and above the image
+                [[10, -90], [600, -90], [300, 0]]):  # above it: y never above 0
+        r = _put(served, {"name": "nowhere", "model": "deeppcb", "roi": [[[10, 10], [20, 10],
+                                                                          [20, 20]], roi]})
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["message"] == (
+            "body.roi: polygon 1 lies wholly left of or above the image (frame pixels are at "
+            "x >= 0 and y >= 0): it holds no pixel of any frame, so no defect would count and "
+            "every part would pass")
+    with served.client("admin") as c:
+        assert "nowhere" not in {x["name"] for x in c.get("/v1/recipes").json()}
+    # ignore polygons anywhere are harmless: they only leave boxes out
+    r = _put(served, {"name": "nowhere", "model": "deeppcb",
+                      "ignore": [[[-100, -100], [-50, -100], [-50, -50]]]})
+    assert r.status_code == 200, r.text
+
+
+def test_a_plc_reads_a_roi_outside_the_frame_as_a_recipe_not_usable() -> None:
+    assert error_code(RecipeDoesNotFitFrame("recipe far: ...")) is ErrorCode.RECIPE_NOT_USABLE
+
+
+def test_a_new_name_differing_only_in_case_is_refused_over_the_api(served: Running) -> None:
+    r = _put(served, {"name": "DeepPCB", "model": "deeppcb", "max_count": {"open": 3}})
+    assert r.status_code == 409, r.text
+    assert r.json()["error"] == {"code": "recipe_name_taken", "message": (
+        "recipe DeepPCB: the server holds recipe deeppcb, a name that differs only in case: a "
+        "PLC, a page or a person choosing by name would take one for the other; put it as "
+        "deeppcb to change that one, or choose another name")}
+    with served.client("admin") as c:
+        names = [x["name"] for x in c.get("/v1/recipes").json()]
+    assert "DeepPCB" not in names and "deeppcb" in names
+    assert not (Path(served.app.state.saved_recipes.folder) / "DeepPCB.json").exists()
+    # the name held is put again as before
+    r = _put(served, {"name": "deeppcb", "version": "5", "model": "deeppcb"})
+    assert r.status_code == 200, r.text
+
+
+def _recipe_file(folder: Path, file: str, name: str, **rules: Any) -> Path:
+    path = folder / file
+    path.write_text(f"name: {name}\nversion: '1'\nmodel: deeppcb\n"
+                    + "".join(f"{k}: {v}\n" for k, v in rules.items()))
+    return path
+
+
+@pytest.mark.parametrize("second", ["a", "A"])
+def test_two_recipe_files_of_one_name_refuse_to_start(tmp_path: Path, second: str) -> None:
+    first = _recipe_file(tmp_path, "first.yaml", "a")
+    copy = _recipe_file(tmp_path, "copy.yaml", second, min_size_px=50)
+    said = (f"recipes: {first} and {copy} both name recipe a: the later would replace the "
+            "earlier unseen" if second == "a" else
+            f"recipes: {first} names recipe a and {copy} recipe A, names that differ only in "
+            "case")
+    # the application, as a test or an embedding starts it (its start-up names both)
+    app = create_app(keyed(recipes=[str(first), str(copy)], data_dir=str(tmp_path / "app")))
+    with pytest.raises(ConfigError) as refused, TestClient(app):
+        pass
+    assert str(refused.value).startswith(said), refused.value
+    assert app.state.startup_error is refused.value
+    # `lineside serve`: one line naming both files, before anything is made
+    out = subprocess.run([*LINESIDE, "serve", "--model", str(MODEL), "--recipe", str(first),
+                          "--recipe", str(copy), "--port", str(free_port()), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LINESIDE_DATA_DIR": str(tmp_path / "store")})
+    assert out.returncode == 2, out.stderr
+    assert f"error: {said}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "File \"" not in out.stderr
