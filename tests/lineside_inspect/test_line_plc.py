@@ -725,7 +725,10 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
                               str(ROOT / "configs" / "recipes" / "deeppcb-fused.yaml")],
                      store_pass_rate=0.0, line=LineSettings(
                          opcua=OpcUaConfig(endpoint="opc.tcp://127.0.0.1:0/lineside/"),
-                         modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=1.5,
+                         # a PLC's cycle (nine tag reads, then the ack) gets room for a
+                         # thread starved a second or two on a loaded CI host (the trigger
+                         # timeout stays under the stalled camera's going offline)
+                         modbus=ModbusConfig(port=0), trigger_timeout_s=2.0, ack_timeout_s=4.0,
                          # the servers' hold at stop (close_hold_s: its own test's, and the
                          # shutdown tests' keep the default) is 1 s per stop for nothing here
                          close_hold_s=0))
