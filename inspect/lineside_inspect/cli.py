@@ -691,6 +691,8 @@ def calibrate_cmd(
         out.print("no good images in this split: the thresholds were not traded against false "
                   "rejects, nor held to the escape allowance (--target-escape: escapes are "
                   "not measurable without good images); check them on good parts before use")
+    if missed := c.get("allowance_missed"):  # said, not only in calibration.json (session 54)
+        err.print(f"warning: {missed}", highlight=False, markup=False)
     if c.get("agnostic_iou") is not None:
         out.print(f"one defect per place: boxes overlapping above IoU {c['agnostic_iou']} "
                   "count once")

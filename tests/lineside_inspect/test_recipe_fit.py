@@ -159,3 +159,36 @@ def test_two_recipe_files_of_one_name_refuse_to_start(tmp_path: Path, second: st
     assert out.returncode == 2, out.stderr
     assert f"error: {said}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "File \"" not in out.stderr
+
+
+def test_a_gate_on_golden_images_the_roi_misses_names_the_set_and_the_image(
+        tmp_path: Path) -> None:
+    """A gate replays its golden set under the recipe as the line judges: one whose roi
+    misses a golden image (a set made of another camera's frames, or a roi drawn for
+    another station) was refused with the inspection's words, "draw the roi in this
+    camera's frame pixels", naming neither the set nor which of its images: the roi may be
+    right for the line and the image the stranger. Now a 422 invalid_golden_set naming the
+    set, the image and its size, the recipe and its roi's span (and what to do); before
+    session 54 every part passed under both versions and the gate passed, comparing
+    nothing."""
+    from lineside_inspect.errors import GoldenSetError
+    from lineside_inspect.lifecycle.gate import run_gate
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.runtime.detector import Detector
+
+    from .test_gate_fused import _golden
+
+    det = Detector(MODEL, device="cpu", threads=1)
+    lib, manifest = _golden(tmp_path / "golden")
+    far = Recipe(name="far", version="2", model="deeppcb", roi=[FAR])  # type: ignore[list-item]
+    with pytest.raises(GoldenSetError) as refused:
+        run_gate(det, det, lib, manifest, far)
+    assert refused.value.message == (
+        f"golden set {manifest.ref}: bad+square is a 640x640 image, and recipe far version 2's "
+        "roi (x 5000..6000, y 5000..6000) lies wholly outside it: no defect could count there, "
+        "so the gate would compare passes alone. Gate under a recipe whose roi fits the set's "
+        "images, or make the set of this line's frames"), refused.value.message
+    assert refused.value.status == 422 and refused.value.code == "invalid_golden_set"
+    # a roi reaching into the images gates as before
+    part = far.model_copy(update={"roi": [[(-100.0, -100.0), (700.0, -100.0), (700.0, 700.0)]]})
+    assert run_gate(det, det, lib, manifest, part).passed

@@ -16,6 +16,7 @@ from lineside_training.calibration import (
 from lineside_training.pairscore import PairTable, pair_metrics
 from lineside_training.predict import Prediction
 from lineside_training.quality import FLOOR, MARGIN, quality_metrics
+from lineside_training.quality import calibrate as calibrate_rejects
 
 CLASSES = ["open", "short", "spur"]
 
@@ -243,3 +244,39 @@ def test_an_allowance_that_cannot_be_checked_is_not_enforced() -> None:
     assert checked["allowed_escapes"] == 0 and checked["escapes"] == 0
     assert checked["not_measurable"] == {} and checked["global_threshold"] <= 0.2
 
+
+
+def test_an_allowance_that_cannot_be_met_is_said_and_held_to_the_fewest_escapes() -> None:
+    """5 of 40 defective images raise no alarm at any threshold (no detection at all):
+    --target-escape 0 allows none. The search over a class's offsets (40 opens, above
+    OFFSET_SUPPORT) kept no trial and ended in a ValueError, a traceback from `lineside
+    evaluate` and `lineside calibrate`; on a smaller set the thresholds were picked
+    silently, the method saying "within the escape allowance" beside 5 escapes of 0
+    allowed (session 54). Now the fewest escapes there are (5) is what is held, and
+    ``allowance_missed`` and the method say the target cannot be met."""
+    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(40)] + \
+        [_rec(f"g{i}", []) for i in range(10)]
+    preds = [_pred([(10, 10, 30, 30, 0.5 + i / 100, 0)]) for i in range(35)] + \
+        [_pred([]) for _ in range(5)] + [_pred([(50, 50, 60, 60, 0.3, 0)])] + \
+        [_pred([]) for _ in range(9)]
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"]) == (5, 0)
+    assert c["allowance_missed"].startswith("the escape allowance cannot be met on these "
+                                            "images: 5 of the 40 defective images")
+    assert "within the escape allowance" not in c["method"]
+    assert "cannot be met" in c["method"]
+    # the 35 found defects still fail their parts: no threshold above their lowest score
+    assert c["thresholds"]["open"] <= 0.5
+    # an allowance of 5 (floor(0.125 * 40)) is met: nothing said
+    met = calibrate_f(records, preds, CLASSES, target_escape=0.125)
+    assert met["allowance_missed"] is None and met["escapes"] <= 5
+    assert "within the escape allowance" in met["method"]
+    # the former rule says it alike, on a set too small for offsets
+    few = records[30:]  # 5 found, 5 without a detection, 10 good
+    c = calibrate_rejects(few, preds[30:], CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"]) == (5, 0)
+    assert "5 of the 10 defective images" in c["allowance_missed"]
+    assert "within the escape target" not in c["method"]
+    c = calibrate_f(few, preds[30:], CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"]) == (5, 0) and c["allowance_missed"]
+    assert "within the escape allowance" not in c["method"]

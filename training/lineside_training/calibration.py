@@ -40,7 +40,14 @@ from lineside_inspect.dataset import ImageRecord
 from lineside_inspect.errors import ConfigError
 from lineside_training.pairscore import PairTable
 from lineside_training.predict import Prediction
-from lineside_training.quality import FLOOR, MARGIN, allowance_unchecked, quality_metrics, support_of
+from lineside_training.quality import (
+    FLOOR,
+    MARGIN,
+    allowance_missed,
+    allowance_unchecked,
+    quality_metrics,
+    support_of,
+)
 from lineside_training.quality import calibrate as calibrate_rejects
 
 OFFSET_SUPPORT = 30  # ground-truth boxes a class needs before it may leave the global threshold
@@ -112,6 +119,10 @@ def calibrate_f(
     allowed = (math.floor(target_escape * escapes.defective + 1e-9) if unchecked is None
                else escapes.defective)
     cap = max(escapes.highest_global(allowed), FLOOR)
+    # more defective images than allowed raise no alarm even at FLOOR: the allowance
+    # cannot be met, and the thresholds are held to the fewest escapes there are instead
+    # (every offset trial broke it: an empty search, a ValueError; session 54)
+    held = max(allowed, escapes(np.full(k, FLOOR, dtype=np.float32)))
     values = grid(FLOOR, cap)
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
     if f.max() == 0:  # no defect found at any threshold: F cannot choose, so fewest alarms
@@ -128,24 +139,29 @@ def calibrate_f(
         for t in np.union1d(grid(FLOOR, 1.0), [global_t]):
             trial = base.copy()
             trial[c] = t
-            if escapes(trial) <= allowed:
+            if escapes(trial) <= held:
                 trials.append(trial)
         fs = np.array([x.f for x in table.sweep(trials)])
         raw[c] = plateau_middle(np.array([t[c] for t in trials]), fs) - global_t
     weight = support / (support + PRIOR_BOXES)
     offsets = np.where(support >= OFFSET_SUPPORT, raw * weight, 0.0)
-    chosen = _within_allowance(base, offsets, escapes, allowed)
+    chosen = _within_allowance(base, offsets, escapes, held)
     thr = off_scores(preds, chosen)
     q = quality_metrics(records, preds, class_names,
                         dict(zip(class_names, thr.tolist(), strict=True)),
                         agnostic_iou=agnostic_iou)
+    missed = allowance_missed(None if unchecked else q["escapes"], None if unchecked else allowed,
+                              escapes.defective, target_escape)
     return {
         "target_escape_rate": target_escape,
         # the allowance is named only where it was held (it was said "within" it on a set
-        # without good images beside a note that it was not checked: session 49)
-        "method": ("best DeepPCB-protocol F " + ("within the escape allowance" if unchecked is None
-                                                 else f"alone ({_why_unchecked(records)}: the "
-                                                 "escape allowance was not checked)")
+        # without good images beside a note that it was not checked: session 49, and where
+        # it could not be met: session 54)
+        "method": ("best DeepPCB-protocol F " + (
+            ("within the escape allowance" if missed is None else
+             "with the fewest escapes the thresholds can hold (the escape allowance cannot "
+             "be met: see allowance_missed)") if unchecked is None
+            else f"alone ({_why_unchecked(records)}: the escape allowance was not checked)")
                    + f": a global threshold, per-class offsets for classes with >= "
                    f"{OFFSET_SUPPORT} boxes shrunk by n/(n+{PRIOR_BOXES})"),
         "global_threshold": global_t,
@@ -162,6 +178,7 @@ def calibrate_f(
         "not_measurable": {**q["not_measurable"],
                            **({"allowed_escapes": unchecked} if unchecked else {})},
         "allowed_escapes": None if unchecked else allowed,
+        "allowance_missed": missed,
         "images": len(records),
         # none: false rejects cannot be counted, nor escapes traded against them (the
         # commands say "n/a", as they do for a run or a package)
@@ -202,6 +219,9 @@ def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_
     elif goods == len(records):
         method = ("fewest false rejects (no defective images: F cannot choose, and the escape "
                   "allowance was not checked)")
+    elif calib.get("allowance_missed"):
+        method = ("fewest escapes the thresholds can hold (no defect is found at any threshold: "
+                  "F cannot choose; the escape allowance cannot be met: see allowance_missed)")
     else:
         method = ("fewest false rejects within the escape allowance (no defect is found at any "
                   "threshold: F cannot choose)")

@@ -110,6 +110,8 @@ def evaluate(
                      + ", ".join(f"{n} {t:.3f}" for n, t in calib["thresholds"].items()))
     # thresholds chosen on these very images flatter the rates at them: the report says so
     calib = {**calib, "in_sample": in_sample}
+    if missed := calib.get("allowance_missed"):  # chosen silently before (session 54)
+        notes.append(f"calibration: {missed}")
     # the rule the thresholds were chosen with is the one they are applied with (export
     # writes it into the card)
     rule = calib.get("agnostic_iou")
@@ -276,6 +278,8 @@ def write_report(out: Path, result: dict[str, Any], records: list[ImageRecord],
          f"- mAP@[.5:.95]: **{_fmt(coco['map'])}**, mAP@.5: **{_fmt(coco['map50'])}**"),
         *pair_lines(result.get("pairs")),
         *quality_lines(q),
+        *([f"- calibration: {result['calibration']['allowance_missed']}"]
+          if result.get("calibration", {}).get("allowance_missed") else []),
         *(["- the thresholds were calibrated on these same images, so the figures at them "
            "are in-sample: for out-of-sample ones evaluate a split the calibration did not "
            "see (`--split test`, or another dataset)"]

@@ -53,6 +53,23 @@ def allowance_unchecked(records: list[ImageRecord]) -> str | None:
     return None
 
 
+def allowance_missed(escapes: int | None, allowed: int | None, defective: int,
+                     target: float) -> str | None:
+    """Why a calibration's thresholds break its escape allowance (more defective images
+    raise no alarm even at ``FLOOR``, the lowest threshold a calibration sets, than
+    ``floor(target * defective)``), else None (held, or not checked: ``allowed`` None).
+    It was picked silently: "within the escape allowance" beside ``escapes: 2,
+    allowed_escapes: 0``, and a class with its own offset made the search a ValueError
+    (session 54)."""
+    if escapes is None or allowed is None or escapes <= allowed:
+        return None
+    return (f"the escape allowance cannot be met on these images: {escapes} of the {defective} "
+            f"defective images raise no alarm even at the lowest threshold a calibration sets "
+            f"({FLOOR}), more than the {allowed} --target-escape {target:g} allows; the "
+            "thresholds hold the fewest escapes they can, not the target: train further or "
+            "check those images' labels before shipping them")
+
+
 def keep_mask(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
               thresholds: np.ndarray, agnostic_iou: float | None = None) -> np.ndarray:
     """Which detections count at per-class ``thresholds`` and, if set, the card's
@@ -255,6 +272,7 @@ def calibrate(
             "escapes": None,
             "false_rejects": None,
             "allowed_escapes": None,
+            "allowance_missed": None,
             "not_measurable": {"escape_rate": NO_GOOD, "false_reject_rate": NO_GOOD,
                                "allowed_escapes": allowance_unchecked(records)},
         }
@@ -272,6 +290,8 @@ def calibrate(
         global_t = float(ordered[allowed])
     global_t = max(global_t, FLOOR)
     thr = np.full(len(class_names), global_t, dtype=np.float32)
+    # more escapes than allowed even at FLOOR: held to those instead (allowance_missed)
+    held = max(allowed, _escapes(records, preds, thr)) if defective else allowed
     for c in np.argsort(-support):
         if support[c] < MIN_SUPPORT:
             continue
@@ -282,18 +302,23 @@ def calibrate(
             mid = (lo + hi) // 2
             trial = thr.copy()
             trial[c] = candidates[mid]
-            if _escapes(records, preds, trial) > allowed:
+            if _escapes(records, preds, trial) > held:
                 hi = mid
             else:
                 lo = mid + 1
         if lo > 0:
             thr[c] = candidates[lo - 1]
-    thr = _lower_to_best_f1(records, preds, class_names, thr, support, allowed)
+    thr = _lower_to_best_f1(records, preds, class_names, thr, support, held)
     thr = clear_of_scores(preds, thr, _threshold_groups(support))
     per_class = {n: float(thr[i]) for i, n in enumerate(class_names)}
+    missed = allowance_missed(_escapes(records, preds, thr) if defective else None,
+                              allowed if defective else None, len(defective), target_escape)
     return {
         "target_escape_rate": target_escape,
-        "method": "fewest false rejects within the escape target, then best defect F1",
+        "method": ("fewest false rejects within the escape target, then best defect F1"
+                   if missed is None else "fewest escapes the thresholds can hold (the escape "
+                   "target cannot be met: see allowance_missed), then best defect F1"),
+        "allowance_missed": missed,
         "global_threshold": global_t,
         "thresholds": per_class,
         **({"escapes": _escapes(records, preds, thr), "allowed_escapes": allowed}

@@ -39,6 +39,7 @@ from lineside_inspect.lifecycle.golden import GoldenItem, GoldenLibrary, GoldenM
 from lineside_inspect.opencv import MAX_IMAGE_PIXELS
 from lineside_inspect.package import card_digest, default_recipe_name
 from lineside_inspect.recipes import Recipe
+from lineside_inspect.recipes.rules import roi_misses, roi_span
 from lineside_inspect.references import Reference
 from lineside_inspect.runtime.anomaly_map import AnomalyFinding
 from lineside_inspect.runtime.detector import Detector
@@ -412,6 +413,16 @@ def replay(detectors: list[Detector], library: GoldenLibrary, manifest: GoldenMa
         except ImageError as exc:
             raise GoldenSetError(f"golden set {manifest.ref}: {item.source or item.sha256}: "
                                  f"{what}{exc.message}") from None
+        if roi_misses(rules, image.shape[1], image.shape[0]):
+            # inspect's refusal said "draw the roi in this camera's frame pixels", naming
+            # neither the set nor the image: the roi may be the line's, the image a
+            # stranger's (another camera's frames; session 54 review)
+            raise GoldenSetError(
+                f"golden set {manifest.ref}: {item.source or item.sha256} is a "
+                f"{image.shape[1]}x{image.shape[0]} image, and recipe {rules.name} version "
+                f"{rules.version}'s roi ({roi_span(rules)}) lies wholly outside it: no defect "
+                "could count there, so the gate would compare passes alone. Gate under a "
+                "recipe whose roi fits the set's images, or make the set of this line's frames")
         if fixed is not None:  # versions of its good-only model: the detector runs once
             done = inspect(image, fixed, rules, reference=ref if fixed.needs_reference else None)
             for model, out in zip(detectors, results, strict=True):

@@ -97,18 +97,30 @@ def roi_outside(recipe: Recipe, width: int, height: int) -> str | None:
     which lies on the frame, can count, and every part passed. A roi drawn for another
     camera's frame size (a 5 MP station's figures on a 640 px frame) or another product's
     fixture passed every defective board with ``"reasons": []`` (session 54)."""
-    if not recipe.roi:
+    if not roi_misses(recipe, width, height):
         return None
+    return (f"recipe {recipe.name} version {recipe.version}: its roi ({roi_span(recipe)}) lies "
+            f"wholly outside the {width}x{height} frame, so no defect could count and every "
+            "part would pass: draw the roi in this camera's frame pixels (0..width, 0..height)")
+
+
+def roi_misses(recipe: Recipe, width: int, height: int) -> bool:
+    """``recipe`` has a roi and each of its polygons' bounds miss a ``width`` x ``height``
+    frame (:func:`roi_outside`)."""
+    if not recipe.roi:
+        return False
     for polygon in recipe.roi:
         xs, ys = [x for x, _ in polygon], [y for _, y in polygon]
         if min(xs) < width and max(xs) > 0 and min(ys) < height and max(ys) > 0:
-            return None
-    xs = [x for p in recipe.roi for x, _ in p]
-    ys = [y for p in recipe.roi for _, y in p]
-    return (f"recipe {recipe.name} version {recipe.version}: its roi (x {min(xs):g}..{max(xs):g}, "
-            f"y {min(ys):g}..{max(ys):g}) lies wholly outside the {width}x{height} frame, so no "
-            "defect could count and every part would pass: draw the roi in this camera's frame "
-            "pixels (0..width, 0..height)")
+            return False
+    return True
+
+
+def roi_span(recipe: Recipe) -> str:
+    """Where ``recipe``'s roi polygons lie, all together: ``x 5000..6000, y 5000..6000``."""
+    xs = [x for p in recipe.roi or [] for x, _ in p]
+    ys = [y for p in recipe.roi or [] for _, y in p]
+    return f"x {min(xs):g}..{max(xs):g}, y {min(ys):g}..{max(ys):g}"
 
 
 def looks(recipe: Recipe) -> Looks | None:
