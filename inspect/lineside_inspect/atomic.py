@@ -3,6 +3,7 @@ a hard link to another (else a copy)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -34,10 +35,16 @@ def write_atomic(path: Path, data: bytes, *, sync_folder: bool = True,
 
 
 def fsync_folder(folder: Path) -> None:
-    """Make the names created in (or renamed into) ``folder`` survive a power cut."""
+    """Make the names created in (or renamed into) ``folder`` survive a power cut. A file
+    system that cannot sync a folder (EINVAL: some network and VM shares) is taken as
+    PostgreSQL takes it: the rename stands, and saying it failed would say a file written
+    whole was not (a training's new checkpoint was said "not written, the previous kept")."""
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     finally:
         os.close(dir_fd)
 
