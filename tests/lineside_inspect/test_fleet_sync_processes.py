@@ -187,7 +187,10 @@ def test_hub_killed_mid_forward_loses_and_duplicates_nothing(fleet: Fleet) -> No
         before = {b: len(fleet.acked[b]) for b in BOXES}
         wait_for(lambda: all(len(fleet.acked[b]) >= before[b] + 2 for b in BOXES),
                  what="inspections while the hub is down")
-        assert fleet.metric("box1", "lineside_fleet_backlog") > 0
+        # the gauge is set by the forwarder's next failed round (its backoff up to 1 s), not
+        # when the inspection is stored: waited for, not read at once (CI, session 54)
+        wait_for(lambda: fleet.metric("box1", "lineside_fleet_backlog") > 0,
+                 what="the backlog gauge to rise")
         fleet.hub.start()
         fleet.hub.wait_ready()
     for b in BOXES:

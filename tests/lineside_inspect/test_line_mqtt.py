@@ -894,7 +894,7 @@ def test_parts_ended_as_the_line_stops_reach_the_broker(
 
 def test_a_stalled_database_does_not_hold_the_stop_past_its_deadline(
         broker: Broker, postgres: str, tmp_path: Path,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The stop queues what waits in memory into the outbox; a PostgreSQL that takes the
     statement but never answers (another session's lock on the outbox, with the
     operator's ``lock_timeout=0``: wait for ever) held the stop, and the server's
@@ -907,6 +907,10 @@ def test_a_stalled_database_does_not_hold_the_stop_past_its_deadline(
     from .conftest import fresh_database
 
     caplog.set_level(logging.WARNING, logger="lineside")
+    # the stop must come while the delivery thread pauses after the error below, not once
+    # it is back waiting on the lock (then the stop's own round has no database to wait
+    # for): its 1 s pause was a race with this thread on a loaded host (CI, session 54)
+    monkeypatch.setattr(mqtt_module, "PAUSE_S", 120.0)
     url = fresh_database(postgres)
     broker.start()
     store = Store(tmp_path / "store", f"{url}?options=-c%20lock_timeout%3D0", pass_rate=0.0,
@@ -925,14 +929,17 @@ def test_a_stalled_database_does_not_hold_the_stop_past_its_deadline(
         waiting = wait_for(lambda: locker.execute(text(
             "SELECT pid FROM pg_stat_activity WHERE datname = :d AND wait_event_type = "
             "'Lock'"), {"d": name}).scalar(), "the delivery thread to wait for the lock")
-        # its connection ends: the delivery thread pauses a second, and wakes only to stop
+        # its connection ends: the delivery thread pauses, and wakes only to stop
         locker.execute(text("SELECT pg_terminate_backend(:p)"), {"p": waiting})
         wait_for(lambda: "mqtt: delivery paused" in caplog.text, "the delivery to pause")
 
         def last_moment() -> None:  # parts acknowledged as the line stops, then the stop
             publisher.on_part(part[1])
             publisher.on_part(part[2])
-            publisher.stop(timeout_s=0.5)
+            # the delivery thread must be gone within the deadline for the stop's own
+            # round to run (and wait on the database): the default, not 0.5 s, which a
+            # starved thread on a loaded host can miss (CI, session 54)
+            publisher.stop()
 
         stopping = threading.Thread(target=last_moment, daemon=True)
         stopping.start()

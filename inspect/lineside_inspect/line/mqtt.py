@@ -82,6 +82,7 @@ log = logging.getLogger("lineside.mqtt")
 API_TOPIC = "api"  # the topic level of inspections not from a camera
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.5, 8.0
 PURGE_EVERY_S = 60.0
+PAUSE_S = 1.0  # the delivery's pause after a database error (a stop ends it at once)
 MAX_UNSTORED = 100_000  # events of inspections the store refused, held in memory at most
 
 
@@ -438,7 +439,7 @@ class MqttPublisher:
                     last_purge = now
             except Exception as exc:  # a database outage: everything waits, nothing is lost
                 log.error("mqtt: delivery paused: %s", exc)
-                self._stop.wait(1.0)
+                self._stop.wait(PAUSE_S)
 
     def _drain(self, deadline: float, delivering: bool) -> None:
         """The stop's last round, on its own thread (the stop waits for it until
