@@ -280,3 +280,51 @@ def test_an_allowance_that_cannot_be_met_is_said_and_held_to_the_fewest_escapes(
     c = calibrate_f(few, preds[30:], CLASSES, target_escape=0.0)
     assert (c["escapes"], c["allowed_escapes"]) == (5, 0) and c["allowance_missed"]
     assert "within the escape allowance" not in c["method"]
+
+
+def test_moving_a_threshold_off_a_score_breaks_no_allowance_it_could_meet() -> None:
+    """--target-escape 0 on 10 defective boards, the weakest found at 0.3 and the allowance
+    met there (and at every threshold down to FLOOR). The F search put the threshold at
+    0.3; moving it off that score took the widest gap, above it (0.3005), past the board's
+    only detection: 1 escape of 0 allowed, said "within the escape allowance" before
+    session 54 and, after it, "cannot be met on these images ... even at the lowest
+    threshold (0.05)": false, and its advice (train further, check the labels) wrong. A
+    threshold moved off a score now takes the widest gap that keeps the allowance."""
+    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(10)] + \
+        [_rec(f"g{i}", []) for i in range(5)]
+    preds = [_pred([(10, 10, 30, 30, 0.3, 0)])] + \
+        [_pred([(10, 10, 30, 30, 0.9, 0)]) for _ in range(9)] + \
+        [_pred([(50, 50, 60, 60, 0.2993, 0)]), _pred([(50, 50, 60, 60, 0.6, 0)])] + \
+        [_pred([]) for _ in range(3)]
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"]) == (0, 0)
+    assert c["allowance_missed"] is None and "within the escape allowance" in c["method"]
+    # still off the score it was chosen at, in the widest gap below it (0.2993..0.3): the
+    # weakest board still fails, the good board's 0.2993 alarm is still not one
+    assert c["thresholds"]["open"] == pytest.approx((0.2993 + 0.3) / 2, abs=1e-6)
+    assert c["false_rejects"] == 1  # the 0.6 alarm alone
+    # with no allowance to keep, the widest gap is taken as before (above the score)
+    thr = off_scores(preds, np.array([0.3, 0.7, 0.7], np.float32))
+    assert thr[0] == pytest.approx((0.3 + 0.3010) / 2, abs=1e-6)
+
+
+def test_an_allowance_that_cannot_be_met_still_lets_f_choose_the_global_threshold() -> None:
+    """5 of 40 defective boards have no detection at all; --target-escape 0. Held to those
+    5 escapes, every threshold up to 0.5 (the lowest found defect) gives the same escapes,
+    and above 0.3 a good board's alarm is gone. The global threshold was still capped by
+    the allowance of 0, hence pinned at FLOOR (0.05): that board rejected, and every
+    class under OFFSET_SUPPORT (here 'short') left at 0.05, for no escape bought back
+    (session 54, second review). Both objectives now choose it within the 5 held."""
+    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(40)] + \
+        [_rec(f"g{i}", []) for i in range(10)]
+    preds = [_pred([(10, 10, 30, 30, 0.5 + i / 100, 0)]) for i in range(35)] + \
+        [_pred([]) for _ in range(5)] + [_pred([(50, 50, 60, 60, 0.3, 1)])] + \
+        [_pred([]) for _ in range(9)]
+    c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"], c["false_rejects"]) == (5, 0, 0)
+    assert c["allowance_missed"] and 0.3 < c["global_threshold"] <= 0.5
+    assert 0.3 < c["thresholds"]["short"] <= 0.5 and c["thresholds"]["open"] <= 0.5
+    c = calibrate_rejects(records, preds, CLASSES, target_escape=0.0)
+    assert (c["escapes"], c["allowed_escapes"], c["false_rejects"]) == (5, 0, 0)
+    assert c["allowance_missed"] and 0.3 < c["global_threshold"] <= 0.5
+    assert c["thresholds"]["short"] > 0.3

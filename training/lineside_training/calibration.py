@@ -26,7 +26,8 @@ for them (docs/training/calibration.md):
    middle of the widest score-free gap in that window (:func:`off_scores`): a threshold
    *at* a score decides by the last float digit, which torch and onnxruntime need not
    share. (It never moves further: a threshold moved up to the next score of a sparse
-   calibration set would sit far from where F put it.)
+   calibration set would sit far from where F put it.) A gap whose middle would break
+   the allowance is passed over for the widest that keeps it.
 """
 
 from __future__ import annotations
@@ -118,11 +119,13 @@ def calibrate_f(
     # count either (it was, and the count was then written as null): F alone chooses
     allowed = (math.floor(target_escape * escapes.defective + 1e-9) if unchecked is None
                else escapes.defective)
-    cap = max(escapes.highest_global(allowed), FLOOR)
     # more defective images than allowed raise no alarm even at FLOOR: the allowance
     # cannot be met, and the thresholds are held to the fewest escapes there are instead
-    # (every offset trial broke it: an empty search, a ValueError; session 54)
+    # (every offset trial broke it: an empty search, a ValueError; session 54), the
+    # global one too: capped by the allowance it was pinned at FLOOR, its false rejects
+    # bought no escape back (session 54, second review)
     held = max(allowed, escapes(np.full(k, FLOOR, dtype=np.float32)))
+    cap = max(escapes.highest_global(held), FLOOR)
     values = grid(FLOOR, cap)
     f = np.array([c.f for c in table.sweep([np.full(k, t) for t in values])])
     if f.max() == 0:  # no defect found at any threshold: F cannot choose, so fewest alarms
@@ -146,7 +149,7 @@ def calibrate_f(
     weight = support / (support + PRIOR_BOXES)
     offsets = np.where(support >= OFFSET_SUPPORT, raw * weight, 0.0)
     chosen = _within_allowance(base, offsets, escapes, held)
-    thr = off_scores(preds, chosen)
+    thr = off_scores(preds, chosen, escapes, held)
     q = quality_metrics(records, preds, class_names,
                         dict(zip(class_names, thr.tolist(), strict=True)),
                         agnostic_iou=agnostic_iou)
@@ -233,9 +236,14 @@ def _without_matches(records: list[ImageRecord], preds: list[Prediction], class_
     return calib
 
 
-def off_scores(preds: list[Prediction], thr: np.ndarray) -> np.ndarray:
+def off_scores(preds: list[Prediction], thr: np.ndarray, escapes: Escapes | None = None,
+               allowed: int | None = None) -> np.ndarray:
     """Each class threshold with a score of its class closer than ``MARGIN`` moved to the
-    middle of the widest gap between the scores in ``[t - MARGIN, t + MARGIN]``."""
+    middle of the widest gap between the scores in ``[t - MARGIN, t + MARGIN]``; given
+    ``escapes`` and ``allowed``, the widest whose middle keeps the escapes within
+    ``allowed`` (a gap below the lowest score the threshold kept always does): the widest
+    gap above a defective board's only detection made it an escape, and the allowance the
+    search had met was broken, then said unmeetable (session 54, second review)."""
     thr = thr.astype(np.float32).copy()
     for c, t in enumerate(thr.tolist()):
         s = np.concatenate([p.scores[p.labels == c] for p in preds] or [np.zeros(0)])
@@ -243,8 +251,13 @@ def off_scores(preds: list[Prediction], thr: np.ndarray) -> np.ndarray:
         if not len(near):
             continue
         edges = np.concatenate([[t - MARGIN], near, [t + MARGIN]])
-        widest = int(np.argmax(np.diff(edges)))
-        thr[c] = np.float32((edges[widest] + edges[widest + 1]) / 2)
+        middles = ((edges[:-1] + edges[1:]) / 2).astype(np.float32)
+        for gap in np.argsort(-np.diff(edges), kind="stable"):  # widest first, ties lowest
+            trial = thr.copy()
+            trial[c] = middles[gap]
+            if escapes is None or allowed is None or escapes(trial) <= allowed:
+                thr = trial
+                break
     return thr
 
 

@@ -282,16 +282,18 @@ def calibrate(
     image_max = np.array([float(preds[i].scores.max()) if len(preds[i].scores) else 0.0
                           for i in defective])
     ordered = np.sort(image_max)
+    # more escapes than allowed even at FLOOR: held to those instead (allowance_missed),
+    # the global threshold too (it was pinned at FLOOR, false rejects buying no escape
+    # back: session 54, second review)
+    held = max(allowed, int((ordered < FLOOR).sum()))
     if len(ordered) == 0:
         global_t = 0.5
-    elif allowed >= len(ordered):
+    elif held >= len(ordered):
         global_t = 1.0
     else:
-        global_t = float(ordered[allowed])
+        global_t = float(ordered[held])
     global_t = max(global_t, FLOOR)
     thr = np.full(len(class_names), global_t, dtype=np.float32)
-    # more escapes than allowed even at FLOOR: held to those instead (allowance_missed)
-    held = max(allowed, _escapes(records, preds, thr)) if defective else allowed
     for c in np.argsort(-support):
         if support[c] < MIN_SUPPORT:
             continue
