@@ -246,6 +246,18 @@ def test_an_allowance_that_cannot_be_checked_is_not_enforced() -> None:
 
 
 
+def _five_unseen_of_forty(good_alarm_class: int) -> tuple[list[ImageRecord], list[Prediction]]:
+    """40 defective boards ("open" at one place), 35 found at 0.50-0.84 and 5 with no
+    detection at all, and 10 good boards, one raising an alarm of ``good_alarm_class`` at
+    0.3: a --target-escape 0 no threshold can meet."""
+    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(40)] + \
+        [_rec(f"g{i}", []) for i in range(10)]
+    preds = [_pred([(10, 10, 30, 30, 0.5 + i / 100, 0)]) for i in range(35)] + \
+        [_pred([]) for _ in range(5)] + [_pred([(50, 50, 60, 60, 0.3, good_alarm_class)])] + \
+        [_pred([]) for _ in range(9)]
+    return records, preds
+
+
 def test_an_allowance_that_cannot_be_met_is_said_and_held_to_the_fewest_escapes() -> None:
     """5 of 40 defective images raise no alarm at any threshold (no detection at all):
     --target-escape 0 allows none. The search over a class's offsets (40 opens, above
@@ -254,11 +266,7 @@ def test_an_allowance_that_cannot_be_met_is_said_and_held_to_the_fewest_escapes(
     silently, the method saying "within the escape allowance" beside 5 escapes of 0
     allowed (session 54). Now the fewest escapes there are (5) is what is held, and
     ``allowance_missed`` and the method say the target cannot be met."""
-    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(40)] + \
-        [_rec(f"g{i}", []) for i in range(10)]
-    preds = [_pred([(10, 10, 30, 30, 0.5 + i / 100, 0)]) for i in range(35)] + \
-        [_pred([]) for _ in range(5)] + [_pred([(50, 50, 60, 60, 0.3, 0)])] + \
-        [_pred([]) for _ in range(9)]
+    records, preds = _five_unseen_of_forty(good_alarm_class=0)
     c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
     assert (c["escapes"], c["allowed_escapes"]) == (5, 0)
     assert c["allowance_missed"].startswith("the escape allowance cannot be met on these "
@@ -315,11 +323,7 @@ def test_an_allowance_that_cannot_be_met_still_lets_f_choose_the_global_threshol
     the allowance of 0, hence pinned at FLOOR (0.05): that board rejected, and every
     class under OFFSET_SUPPORT (here 'short') left at 0.05, for no escape bought back
     (session 54, second review). Both objectives now choose it within the 5 held."""
-    records = [_rec(f"d{i}", [(10, 10, 30, 30, "open")]) for i in range(40)] + \
-        [_rec(f"g{i}", []) for i in range(10)]
-    preds = [_pred([(10, 10, 30, 30, 0.5 + i / 100, 0)]) for i in range(35)] + \
-        [_pred([]) for _ in range(5)] + [_pred([(50, 50, 60, 60, 0.3, 1)])] + \
-        [_pred([]) for _ in range(9)]
+    records, preds = _five_unseen_of_forty(good_alarm_class=1)
     c = calibrate_f(records, preds, CLASSES, target_escape=0.0)
     assert (c["escapes"], c["allowed_escapes"], c["false_rejects"]) == (5, 0, 0)
     assert c["allowance_missed"] and 0.3 < c["global_threshold"] <= 0.5
