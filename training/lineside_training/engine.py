@@ -680,9 +680,7 @@ def write_checkpoint(path: Path, payload: dict[str, Any], *,
     try:
         # the folder synced too: a power cut after the rename kept the old name's file
         write_atomic(path, buf.getvalue())
-    except BaseException as exc:
-        if not isinstance(exc, Exception):  # a Ctrl-C (SIGTERM): the caller's
-            raise
+    except Exception as exc:  # (a Ctrl-C is the caller's: write_atomic left nothing behind)
         why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else type(exc).__name__
         kept = f"the previous {path.name} is kept" if path.is_file() else "none was saved"
         raise ConfigError(f"{path}: the checkpoint could not be written ({why}); {kept}: "

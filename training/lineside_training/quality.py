@@ -313,8 +313,9 @@ def calibrate(
     thr = _lower_to_best_f1(records, preds, class_names, thr, support, held)
     thr = clear_of_scores(preds, thr, _threshold_groups(support))
     per_class = {n: float(thr[i]) for i, n in enumerate(class_names)}
-    missed = allowance_missed(_escapes(records, preds, thr) if defective else None,
-                              allowed if defective else None, len(defective), target_escape)
+    escaped = _escapes(records, preds, thr) if defective else None
+    missed = allowance_missed(escaped, allowed if defective else None, len(defective),
+                              target_escape)
     return {
         "target_escape_rate": target_escape,
         "method": ("fewest false rejects within the escape target, then best defect F1"
@@ -323,8 +324,8 @@ def calibrate(
         "allowance_missed": missed,
         "global_threshold": global_t,
         "thresholds": per_class,
-        **({"escapes": _escapes(records, preds, thr), "allowed_escapes": allowed}
-           if defective else {"escapes": None, "allowed_escapes": None}),
+        "escapes": escaped,
+        "allowed_escapes": allowed if defective else None,
         "false_rejects": _rejects(records, preds, thr),
         "not_measurable": {} if defective else {
             "escape_rate": NO_DEFECTIVE, "allowed_escapes": allowance_unchecked(records)},

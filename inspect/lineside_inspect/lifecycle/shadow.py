@@ -242,10 +242,8 @@ class ShadowRunner:
             log.error("shadow %s: stopped with the server, not recorded within %.0f s (the "
                       "database answers nothing); the audit log may show it started and never "
                       "stopped", ", ".join(s.model for s in sessions), record_s)
-        with self._lock:
-            for s in sessions:
-                if self._sessions.get(s.model) is s:
-                    del self._sessions[s.model]
+        for s in sessions:
+            self._forget(s)
 
     def _record_closed(self, sessions: list[ShadowSession]) -> None:
         for s in sessions:
@@ -290,9 +288,13 @@ class ShadowRunner:
             self.records.update_shadow(session.run_id, session.counts(), stopped=True)
         finally:  # (a database outage, a process that would not end: the session goes all
             # the same; claimed, it was left "running" for ever, and every stop a 404)
-            with self._lock:
-                if self._sessions.get(session.model) is session:  # not its replacement
-                    del self._sessions[session.model]
+            self._forget(session)
+
+    def _forget(self, session: ShadowSession) -> None:
+        """``session`` out of the running set, unless a replacement took its place."""
+        with self._lock:
+            if self._sessions.get(session.model) is session:
+                del self._sessions[session.model]
 
     def _halt(self, session: ShadowSession) -> None:
         """End a claimed ``session``'s process and collector thread."""
