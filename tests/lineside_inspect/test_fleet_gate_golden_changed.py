@@ -232,3 +232,48 @@ def test_a_golden_set_named_for_a_model_judges_its_gates_over_http_and_its_pulls
         assert {(g["golden"]["name"], g["recipe"], g["passed"]) for g in items
                 if g["will_not_admit"] is None} == {("line1", "line", True),
                                                     ("line1", "deeppcb-default", True)}
+
+
+def test_a_pull_its_golden_set_could_not_judge_is_taken_again_when_the_set_or_a_recipe_changes(
+        tmp_path: Path) -> None:
+    """Session 55 (session 54's "Left"): a pull whose gate refused the golden set itself
+    (``GoldenSetError``: here recipe ``line``'s roi lies wholly outside the set's 640x640
+    boards, session 54) was remembered as refused for what the package is: never taken
+    again for that assignment, though a new version of the set or the recipe put anew
+    with an roi that fits clears it. It now waits for either, and says so."""
+    line = LINE.model_copy(update={"roi": [[(700.0, 700.0), (800.0, 700.0), (800.0, 800.0)]]})
+    with _box(tmp_path) as box:
+        client, puller, lib, assignment, gates = (box.client, box.puller, box.lib,
+                                                  box.assignment, box.gates)
+        r = client.put("/v1/recipes/line", json=line.model_dump(mode="json", exclude_none=True)
+                       | {"version": "2"})
+        assert r.status_code == 200, r.text
+        puller._apply(assignment)
+        (error,) = puller.errors()
+        assert "lies wholly outside it" in error and "golden set deeppcb:1" in error, error
+        assert error.endswith("[waits for its golden set or a recipe of deeppcb to change, "
+                              "or an admin's activation]"), error
+        taken = []
+        take = puller._take
+        puller._take = lambda m: (taken.append(m.version), take(m))[1]  # type: ignore[method-assign]
+        puller._apply(assignment)  # nothing changed: not taken again
+        assert taken == [] and puller.errors() == [error]
+
+        # a new version of the set: taken again (and refused again: the roi still misses)
+        lib.add("deeppcb", [candidate(_png(DEFECTIVE_BOARD, False), expected="fail",
+                                      boxes=None, source="bad")])
+        puller._apply(assignment)
+        assert taken == ["twin"], taken
+        (error,) = puller.errors()
+        assert "golden set deeppcb:2" in error and "lies wholly outside it" in error, error
+
+        # the recipe put anew, its roi on the boards: taken again, gated, admitted
+        r = client.put("/v1/recipes/line", json=LINE.model_dump(mode="json", exclude_none=True)
+                       | {"version": "3"})
+        assert r.status_code == 200, r.text
+        puller._apply(assignment)
+        assert taken == ["twin", "twin"] and puller.errors() == []
+        # (deeppcb-default is gated before line at each take: its reports on sets 1 and 2,
+        # then both on set 2)
+        assert gates() == ["deeppcb:1 False"] + ["deeppcb:2 True"] * 3, gates()
+        assert client.app.state.registry.models()["deeppcb"].active == "twin"  # type: ignore[attr-defined]

@@ -25,7 +25,8 @@ them as ``model_errors``) and never loaded; the same package is not fetched agai
 the assignment names another one, except one the gate refused that an admin has since
 activated on the box (taken once more, then no longer an error), or whose golden set (the
 one a pull gates with) was made or given a new version since (taken once more: gated on
-it). A hub that cannot be reached changes nothing: the box keeps serving what it has.
+it; one the gate could not judge with, such as a recipe's roi outside its images, also
+when a recipe of the model changes, session 55). A hub that cannot be reached changes nothing: the box keeps serving what it has.
 Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when the
 server starts, so a restarted box serves them without its hub (one that was active is
 activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` only where
@@ -70,6 +71,7 @@ from lineside_inspect.errors import (
     Busy,
     DiskUnavailable,
     GateRefused,
+    GoldenSetError,
     HubUnavailable,
     LinesideError,
     PackageError,
@@ -385,6 +387,7 @@ class ModelPuller:
             # (the recipes too: a refusal by them is taken again when they change, not when
             # the golden set does, which cannot clear it; session 48)
             marks = {what: self._mark(m.name, what) for what in ("golden", "recipes")}
+            marks["either"] = (marks["golden"], marks["recipes"])
             try:
                 self._take(m)
                 if key in self._failed:
@@ -412,12 +415,15 @@ class ModelPuller:
                 break
             except LinesideError as exc:
                 self._failed = {**self._failed, key: exc.message}
-                if isinstance(exc, GateRefused | RecipesCannotFollow):
+                if isinstance(exc, GateRefused | RecipesCannotFollow | GoldenSetError):
                     # refused its activation only (loaded, verified): taken once more when
                     # an admin activated it since (the refusal says to, once the recipe is
                     # pinned), so the box records it as pulled and reports no error; or
-                    # when what could clear it changed (recipes for a recipes refusal)
-                    what = "recipes" if isinstance(exc, RecipesCannotFollow) else "golden"
+                    # when what could clear it changed (recipes for a recipes refusal; a
+                    # golden set the gate could not judge with, e.g. a recipe's roi
+                    # outside its images: the set or a recipe, session 55)
+                    what = ("recipes" if isinstance(exc, RecipesCannotFollow) else
+                            "either" if isinstance(exc, GoldenSetError) else "golden")
                     self._gate_refused[key] = (what, marks[what])
                 else:  # refused for what it is: never fetched again for this assignment
                     self._gate_refused.pop(key, None)
@@ -433,6 +439,8 @@ class ModelPuller:
             self._save()
 
     def _mark(self, model: str, what: str) -> object:
+        if what == "either":
+            return (self._golden_mark(model), self._recipes_mark(model))
         return self._recipes_mark(model) if what == "recipes" else self._golden_mark(model)
 
     def _recipes_mark(self, model: str) -> object:
@@ -921,6 +929,9 @@ def _waits_for(model: str, what: str) -> str:
     if what == "recipes":
         return (f" [waits for a recipe of {model} to change (pinned, put, deleted) or an "
                 "admin's activation; a golden set change does not take it again]")
+    if what == "either":  # the gate could not judge with the golden set (session 55)
+        return (f" [waits for its golden set or a recipe of {model} to change, or an "
+                "admin's activation]")
     return " [waits for its golden set to change or an admin's activation]"
 
 
