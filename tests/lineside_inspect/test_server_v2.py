@@ -228,3 +228,47 @@ def test_outputs_come_in_the_types_the_metadata_names(launch, tmp_path: Path) ->
         "boxes": "FP32", "scores": "FP32", "labels": "INT64"}
     assert got["labels"]["data"] == [1, 0] and got["scores"]["data"] == [pytest.approx(0.9), 0]
     assert got["boxes"]["data"][:4] == [1, 2, 30, 40]
+
+
+def test_a_kserve_client_body_is_taken_and_its_model_name_checked(srv) -> None:
+    """KServe's Python SDK (``InferRequest.to_rest``, used by its InferenceRESTClient) puts
+    ``model_name`` in the request body beside ``id`` and ``inputs``: every infer from it
+    was a 400 "model_name: Extra inputs are not permitted" (OIP review, session 55). The
+    name is taken when it is the path's, and refused naming both when it is not."""
+    spec = {"name": "images", "datatype": "UINT8", "shape": [1, 3, 640, 640],
+            "data": [0] * (3 * 640 * 640)}
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+        r = c.post("/v2/models/deeppcb/infer",
+                   json={"id": "k-1", "model_name": "deeppcb", "inputs": [spec]})
+        assert r.status_code == 200, r.text
+        assert r.json()["id"] == "k-1" and r.json()["model_name"] == "deeppcb"
+        r = c.post("/v2/models/deeppcb/versions/1/infer",
+                   json={"id": "k-2", "model_name": "other", "inputs": [spec]})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == ("the body's model_name 'other' is not the model of the "
+                                     "path, 'deeppcb'"), r.text
+
+
+def test_refusals_name_the_datatype_and_the_missing_header(srv) -> None:
+    """A client sending FP32 (a normalised image) or BYTES as JSON was told "'data' must
+    be a list of integers", not that the model takes UINT8; a binary tensor sent without
+    Inference-Header-Content-Length was "not valid JSON" (OIP review, session 55)."""
+    shape = [1, 3, 640, 640]
+    with httpx.Client(base_url=srv.url, headers=AUTH, timeout=60) as c:
+        for datatype, data in (("FP32", [0.5] * (3 * 640 * 640)), ("FP32", [float("nan")]),
+                               ("BYTES", ["AAAA"]), ("INT64", [0] * (3 * 640 * 640))):
+            body = json.dumps({"inputs": [{"name": "images", "datatype": datatype,
+                                           "shape": shape, "data": data}]})
+            r = c.post("/v2/models/deeppcb/infer", content=body)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"] == (f"inputs.0.datatype: datatype must be UINT8 (the "
+                                         f"model's input), got {datatype}"), r.text
+        head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": shape,
+                                       "parameters": {"binary_data_size": 3 * 640 * 640}}]})
+        r = c.post("/v2/models/deeppcb/infer", content=head.encode() + bytes(3 * 640 * 640))
+        assert r.status_code == 400, r.text
+        assert "needs the Inference-Header-Content-Length header" in r.json()["error"], r.text
+        # the same body with the header is a tensor
+        r = c.post("/v2/models/deeppcb/infer", content=head.encode() + bytes(3 * 640 * 640),
+                   headers={"Inference-Header-Content-Length": str(len(head))})
+        assert r.status_code == 200, r.text

@@ -26,7 +26,8 @@ the assignment names another one, except one the gate refused that an admin has 
 activated on the box (taken once more, then no longer an error), or whose golden set (the
 one a pull gates with) was made or given a new version since (taken once more: gated on
 it; one the gate could not judge with, such as a recipe's roi outside its images, also
-when a recipe of the model changes, session 55). A hub that cannot be reached changes nothing: the box keeps serving what it has.
+when a recipe of the model changes, session 55). A hub that cannot be reached changes
+nothing: the box keeps serving what it has.
 Pulled packages are listed in ``<models_dir>/pulled.json`` and loaded again when the
 server starts, so a restarted box serves them without its hub (one that was active is
 activated again, recorded as ``restore`` by actor ``fleet``, ``force_restore`` only where

@@ -16,12 +16,14 @@ import anyio
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -67,13 +69,23 @@ MAX_DIM = 1 << 20  # any real dimension is far below; keeps shape products small
 Parameters = dict[str, bool | int | float | str]
 
 
-def _flat_ints(value: Any) -> Any:
+def _uint8(datatype: str) -> str:
+    if datatype != "UINT8":
+        raise ValueError(f"datatype must be UINT8 (the model's input), got {datatype}")
+    return datatype
+
+
+def _flat_ints(value: Any, info: ValidationInfo) -> Any:
     """'data' as a flat list of integers, flat or nested as its shape (:func:`flat_data`:
     ``[B][3][S][S]``, at most three levels of rows above the integers)."""
     # one error for the whole list rather than one per element (a million of them would
     # cost seconds and hundreds of MB to build and report)
     if value is None:
         return value
+    if "datatype" not in info.data:
+        # the datatype was refused (FP32, BYTES): its error names the problem; FP32 data
+        # was answered "'data' must be a list of integers" (OIP review, session 55)
+        return None
     level = flat_data(value, 3)
     if not (type(level) is list and all(type(v) is int for v in level)):
         raise ValueError("'data' must be a list of integers, flat (row-major) or nested as "
@@ -84,7 +96,7 @@ def _flat_ints(value: Any) -> Any:
 class InferInput(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     name: str = Field(..., max_length=256)
-    datatype: Datatype
+    datatype: Annotated[Datatype, AfterValidator(_uint8)]
     shape: list[Annotated[int, Field(ge=1, le=MAX_DIM)]] = Field(..., min_length=4, max_length=4)
     parameters: Parameters = Field(default_factory=dict)
     data: Annotated[list[int] | None, BeforeValidator(_flat_ints)] = None
@@ -101,8 +113,6 @@ class InferInput(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> InferInput:
-        if self.datatype != "UINT8":
-            raise ValueError(f"datatype must be UINT8 (the model's input), got {self.datatype}")
         size = self.parameters.get("binary_data_size")
         if size is not None and (type(size) is not int or size < 0):
             raise ValueError("parameters.binary_data_size must be a non-negative integer")
@@ -136,6 +146,10 @@ class RequestedOutput(BaseModel):
 class InferRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     id: str = Field("", max_length=256)
+    # not in the protocol's request, but KServe's Python SDK sends it (InferRequest.to_rest):
+    # every infer from its REST client was a 400 (OIP review, session 55); checked against
+    # the path's model
+    model_name: str | None = Field(None, max_length=256)
     parameters: Parameters = Field(default_factory=dict)
     inputs: list[InferInput] = Field(..., min_length=1, max_length=1,
                                      description="the model's one input, 'images'")
@@ -251,6 +265,11 @@ def _parse(body: bytes, header_len: str | None) -> tuple[InferRequest, bytes]:
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
+            if header_len is None and "trailing characters" in str(
+                    (errors[0].get("ctx") or {}).get("error", "")):
+                raise BadTensor("the body goes on after its JSON: binary tensor data needs "
+                                "the Inference-Header-Content-Length header (the length of "
+                                "the JSON in bytes)") from None
             raise BadTensor("inference request header is not valid JSON (or nests deeper "
                             "than 200 levels)") from None
         raise BadTensor(describe_validation(errors[:5])) from None
@@ -292,6 +311,9 @@ async def _infer(request: Request, who: Principal, name: str, version: str | Non
         # every other request waited that long (attacker review)
         doc, binary = await anyio.to_thread.run_sync(
             _parse, body, request.headers.get("inference-header-content-length"))
+        if doc.model_name is not None and doc.model_name != name:
+            raise BadTensor(f"the body's model_name {doc.model_name!r} is not the model of "
+                            f"the path, {name!r}")
         wanted = [o.name for o in doc.outputs]
         unknown = [n for n in wanted if n not in det.card.outputs]
         if unknown:
