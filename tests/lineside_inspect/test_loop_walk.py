@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from lineside_inspect.dataset import read_dataset
@@ -296,3 +297,67 @@ def test_reviewed_inspections_whose_images_are_gone_are_said_from_a_server(
         ds = pull_from_server(srv.url, tmp_path / "pulled", key=ROLE_KEYS["reviewer"],
                               reviewed=False)
     _check_said(ids, {Path(r.file_name).stem for r in ds.images}, _said_not_pulled(caplog))
+
+
+def _turned(jpeg: bytes) -> bytes:
+    """``jpeg`` with an EXIF orientation (6) saying to show it turned 90° clockwise, as a
+    phone or some cameras write it: the same pixels as stored."""
+    ifd = (b"MM\x00\x2a\x00\x00\x00\x08\x00\x01"
+           b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00")
+    app1 = b"Exif\x00\x00" + ifd
+    return jpeg[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + jpeg[2:]
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_a_frame_with_an_exif_turn_is_pulled_as_it_was_judged_and_reviewed(
+        tmp_path: Path, launch: Any, how: str) -> None:
+    """A reference station's frame and golden whose EXIF orientation says to show them
+    turned (loop walk, session 55): Lineside judges the pixels as stored, and the review
+    page shows them so, where the reviewer confirms the boxes. The pull wrote the JPEGs as
+    sent, turn and all: OpenCV's ``imread``, PIL's ``exif_transpose`` and Ultralytics
+    (after `data export --format yolo`) read them turned, every box off its defect, while
+    `data validate` found nothing (a square frame keeps its size). Now each pulled file
+    says "as stored" (orientation 1), its pixels and boxes untouched."""
+    from lineside_inspect.dataset.exif import orientation
+    from lineside_inspect.dataset.validate import check_dir
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.opencv import cv2
+    from lineside_inspect.store.pull import pull_from_server
+
+    from .conftest import ROLE_KEYS, ROOT
+
+    pair = ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041"
+    frame, golden = (_turned((pair / f"00041000_{k}.jpg").read_bytes()) for k in ("test", "temp"))
+    srv = launch(models=[str(ROOT / "models" / "deeppcb-ref" / "1")],
+                 recipes=[str(ROOT / "configs" / "recipes" / "deeppcb-ref.yaml")],
+                 store_pass_rate=1.0)
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref"},
+                   files={"image": ("f.jpg", frame, "image/jpeg"),
+                          "reference": ("g.jpg", golden, "image/jpeg")})
+    assert r.status_code == 200 and r.json()["verdict"] == "fail", r.text
+    iid = r.json()["id"]
+    with srv.client("reviewer") as c:
+        saved = c.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"})
+    assert saved.status_code == 200, saved.text
+    truth = [(b["label"], b["box"]) for b in saved.json()["reviews"][-1]["boxes"]]
+    assert truth
+    if how == "server":
+        pull_from_server(srv.url, tmp_path / "pulled", key=ROLE_KEYS["reviewer"])
+    else:
+        pull_from_store(srv.app.state.store, tmp_path / "pulled")
+    assert check_dir(tmp_path / "pulled").problems == []
+    ds = read_dataset(tmp_path / "pulled")
+    [rec] = [r for r in ds.images if r.reference]
+    assert Path(rec.file_name).stem == iid
+    assert [(b.label, [b.x1, b.y1, b.x2, b.y2]) for b in rec.boxes] == truth
+    for name, sent in ((rec.file_name, pair / "00041000_test.jpg"),
+                       (rec.reference, pair / "00041000_temp.jpg")):
+        path = ds.image_path(next(r for r in ds.images if r.file_name == name))
+        assert orientation(path.read_bytes()) == 1, name
+        # what any tool reads is what Lineside judged: the pixels as sent
+        assert np.array_equal(cv2.imread(str(path)), read_image(sent)), name
+        assert np.array_equal(read_image(path), read_image(sent)), name
+    store = srv.app.state.store  # (the pull wrote new files: the store's are as sent)
+    assert store.image_file(store.get(iid)).read_bytes() == frame
+    assert store.reference_file(store.get(iid)).read_bytes() == golden

@@ -35,27 +35,48 @@ def orientation(data: bytes) -> int:
     """The EXIF orientation (2-8) a JPEG's header bytes carry; 1 (as stored) when none,
     when the bytes are not a JPEG, or when the tag cannot be read. Its segments are
     walked as every JPEG header is (:func:`lineside_inspect.imageio.jpeg_segments`)."""
+    entry = _orientation_entry(data)
+    return entry[0] if entry is not None and entry[0] in TURNS else 1
+
+
+def as_stored(data: bytes) -> bytes:
+    """``data`` (a JPEG) with an EXIF orientation that says to show it turned set to 1,
+    "as stored": the same length, the same pixels, and every tool (OpenCV's ``imread``,
+    PIL's ``exif_transpose``, Ultralytics) then reads it as Lineside does, boxes drawn on
+    the stored pixels where they were drawn; anything else is returned as it is."""
+    entry = _orientation_entry(data)
+    if entry is None or entry[0] not in TURNS:
+        return data
+    _, at, order = entry
+    return data[:at] + struct.pack(order + "H", 1) + data[at + 2:]
+
+
+def _orientation_entry(data: bytes) -> tuple[int, int, str] | None:
+    """IFD0's orientation entry of a JPEG's first EXIF segment: (its value, where in
+    ``data`` the value's two bytes are, the TIFF byte order); None without one."""
     if not data.startswith(b"\xff\xd8"):
-        return 1
+        return None
     try:
         for marker, pos in jpeg_segments(data):
             if marker < 0 or marker in (0xDA, 0xD9):  # the scan (or the end): no header after
-                return 1
+                return None
             if marker == 0xE1:
                 (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
                 body = data[pos + 4:pos + 2 + length]
                 if body.startswith(b"Exif\x00\x00"):
-                    return _tiff_orientation(body[6:])
+                    found = _tiff_orientation(body[6:])
+                    return None if found is None else (found[0], pos + 10 + found[1], found[2])
     except (ImageError, struct.error):  # a marker flood, or cut short: as stored
-        return 1
-    return 1
+        return None
+    return None
 
 
-def _tiff_orientation(tiff: bytes) -> int:
-    """The orientation entry of IFD0 of EXIF's TIFF structure; 1 when absent or unreadable."""
+def _tiff_orientation(tiff: bytes) -> tuple[int, int, str] | None:
+    """The orientation entry of IFD0 of EXIF's TIFF structure: (its value, where in
+    ``tiff`` the value is, the byte order); None when absent or unreadable."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
-        return 1
+        return None
     try:
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
         (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
@@ -64,10 +85,10 @@ def _tiff_orientation(tiff: bytes) -> int:
             tag, kind, _, value = struct.unpack(order + "HHI4s", tiff[start:start + 12])
             if tag == ORIENTATION_TAG and kind == 3:  # SHORT
                 (found,) = struct.unpack(order + "H", value[:2])
-                return found if found in TURNS else 1
+                return found, start + 8, order
     except struct.error:  # cut short: as stored
-        return 1
-    return 1
+        return None
+    return None
 
 
 def file_orientation(path: Path) -> int:

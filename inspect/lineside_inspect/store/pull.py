@@ -31,6 +31,7 @@ from lineside_inspect.bounded_read import IDENTITY, AnswerEncoded, AnswerTooSlow
 from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
 from lineside_inspect.dataset.duplicates import DuplicateGroup, labels_said
+from lineside_inspect.dataset.exif import HEAD_BYTES, as_stored, orientation
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -111,6 +112,32 @@ def _record(item: dict[str, Any], source: Path, ext: str,
     return ImageRecord(f"{group}/{item['id']}.{ext}", item["width"], item["height"], boxes,
                        group=item.get("part_id") or group, source=source,
                        origin=f"inspection {item['id']}", aligned=shift)
+
+
+def _upright(path: Path, data: bytes) -> bytes:
+    """The staged JPEG at ``path``, its bytes ``data``, rewritten with an EXIF orientation
+    that says to show it turned set to 1 ("as stored"), and its bytes as written. Lineside
+    judged its pixels as stored and the reviewer drew on them (the review page shows them
+    so); kept turned, OpenCV's ``imread``, PIL's ``exif_transpose`` and Ultralytics read
+    the pulled file turned, every box off its defect, and `data validate` said nothing (a
+    square frame keeps its size). A new file: the staged one may be a link to the store's."""
+    fixed = as_stored(data)
+    if fixed is not data:
+        path.unlink()
+        path.write_bytes(fixed)
+    return fixed
+
+
+def _upright_golden(path: Path) -> None:
+    """:func:`_upright` of a staged golden image, read only when its header says turned."""
+    try:
+        with path.open("rb") as f:
+            if orientation(f.read(HEAD_BYTES)) == 1:
+                return
+        _upright(path, path.read_bytes())
+    except OSError as exc:  # (read for its check already: the system's word, logged)
+        log.warning("pull: golden image %s: could not set its EXIF orientation: %s",
+                    path.name, exc.strerror)
 
 
 def _stored_shift(item: dict[str, Any]) -> tuple[float, float] | None:
@@ -352,6 +379,8 @@ class _Placing:
         if rec is None:
             self._drop(image, golden)
             return
+        if isinstance(data, bytes) and not isinstance(aligned, Path):
+            data = _upright(image, data)
         # (``anomaly``, a good-only model's one class, labels no box pulled: anomaly_labelled)
         self.classes += [n for n in item["class_names"]
                          if n not in self.classes
@@ -361,7 +390,7 @@ class _Placing:
             _with_reference(self.records, self.refs, rec, golden)
         else:
             self.records.append(rec)
-        # the bytes as written: as read, or the aligned frame's PNG
+        # the bytes as written: as read (:func:`_upright`), or the aligned frame's PNG
         written = image.read_bytes() if isinstance(aligned, Path) else data
         self.pictures.setdefault(hashlib.sha256(written if isinstance(written, bytes) else b"")
                                  .hexdigest(), []).append((_last_word(item), rec))
@@ -449,6 +478,9 @@ class _Placing:
             log.warning("pull: %d inspection(s) left out, their images broken (or a stored "
                         "shift out of range): %s%s", len(self.skipped),
                         "; ".join(self.skipped[:5]), " ..." if len(self.skipped) > 5 else "")
+        for ref in self.refs.values():  # (once every pair's check read it as stored)
+            if ref.source is not None:
+                _upright_golden(ref.source)
         left_out = len(self.skipped) + sum(map(len, self.unlearnable.values()))
         return write_dataset(_dataset(self.records, self.classes, origin, asked, left_out), dst,
                              overwrite=overwrite)
