@@ -509,6 +509,17 @@ class RecipeNameTaken(LinesideError):
     status = 409
 
 
+class RecipeVersionNotRaised(LinesideError):
+    """A recipe put over the API with other rules (thresholds, roi, model, ...) than the
+    server's recipe of its name, under a version that is not above that one's, or under a
+    version that judged before with other rules: two rule sets would share one version,
+    and a stored verdict's "recipe X version 3" would no longer say which rules judged it.
+    Nothing was changed (session 55)."""
+
+    code = "recipe_version_not_raised"
+    status = 409
+
+
 class ReferenceBreaksCamera(LinesideError):
     """A golden image deleted over the API that a configured camera names: every trigger
     of that camera would fail. Nothing was changed."""

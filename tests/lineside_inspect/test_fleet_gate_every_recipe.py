@@ -125,7 +125,7 @@ def test_a_box_gates_a_pull_under_every_recipe_and_tells_the_hub_which_failed(
                        json={"version": "4", "golden": "plant", "recipe": "*"})
         assert r.status_code == 200 and r.json()["passed"], r.text
         r = httpx.put(box.url + "/v1/recipes/line", timeout=10,
-                      json={"name": "line", "model": "deeppcb", "min_size_px": 6})
+                      json={"name": "line", "version": "2", "model": "deeppcb", "min_size_px": 6})
         assert r.status_code == 200, r.text
         assign("2")
         wait_for(lambda: not any(e.startswith("deeppcb 4") for e in _errors(hub)),

@@ -265,7 +265,9 @@ def test_over_http_a_replaced_or_deleted_recipe_refuses_and_a_force_names_the_pa
         gate_again = ('POST /v1/models/deeppcb/gate {"version": "twin", "golden": "g", '
                       '"recipe": "line"}')
 
-        assert client.put("/v1/recipes/line", json={**line, "min_size_px": 2}).status_code == 200
+        # other rules, so a version of their own (session 55)
+        assert client.put("/v1/recipes/line", json={**line, "version": "2", "min_size_px": 2}
+                          ).status_code == 200
         r = client.post("/v1/models/deeppcb/activate", json={"version": "twin"})
         error = r.json()["error"]
         assert (r.status_code, error["code"]) == (409, "gate_failed"), r.text

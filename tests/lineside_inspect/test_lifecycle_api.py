@@ -638,7 +638,7 @@ def test_a_failed_gate_is_not_cleared_by_an_easier_comparison(
         # nor a pass on the same set under the same recipe name whose rules were replaced
         default = next(r for r in admin.get("/v1/recipes").json() if r["default"])
         blunt = {k: v for k, v in default.items()
-                 if k not in ("default", "put_over_api")} | {"min_size_px": 1e6}
+                 if k not in ("default", "put_over_api")} | {"min_size_px": 1e6, "version": "2"}
         assert admin.put(f"/v1/recipes/{default['name']}", json=blunt).status_code == 200
         r = admin.post("/v1/models/deeppcb/gate", json={"version": "blind", "golden": "line1"})
         assert r.json()["passed"] and r.json()["recipe"] == default["name"], r.json()

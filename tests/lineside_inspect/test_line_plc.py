@@ -2031,7 +2031,8 @@ def test_a_camera_switches_its_golden_image_with_the_recipe(tmp_path: Path) -> N
             assert gone.status_code == 409, gone.text
             assert "station1" in gone.json()["error"]["message"]
             # a recipe a camera names a golden for may not become a single-image one
-            put = c.put("/v1/recipes/other-ref", json={"name": "other-ref", "model": "deeppcb"})
+            put = c.put("/v1/recipes/other-ref", json={"name": "other-ref", "model": "deeppcb",
+                                                       "version": "4"})
             assert put.status_code == 409, put.text
             assert "camera(s) station1 name one" in put.json()["error"]["message"]
     finally:

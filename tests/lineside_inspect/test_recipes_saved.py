@@ -211,3 +211,69 @@ def test_a_refused_put_leaves_the_saved_file_as_it_was(tmp_path: Path) -> None:
     with _served(tmp_path) as srv:
         listed = _recipes(srv)
         assert listed["spare"]["version"] == "1" and "fresh" not in listed
+
+
+def _audited_puts(c: Any) -> list[str]:
+    r = c.get("/v1/audit", params={"action": "recipe_put"})
+    assert r.status_code == 200, r.text
+    return [a["details"]["recipe"] for a in r.json()["items"]]
+
+
+def test_a_recipe_version_means_one_set_of_rules_for_good(tmp_path: Path) -> None:
+    """A stored verdict names its recipe's version: ``PUT /v1/recipes/NAME`` with other
+    rules under the version judging now (or a lower one, or one that judged before with
+    other rules, after a DELETE and a restart too) took it, and "deeppcb version 1" meant
+    two rule sets. Now 409 recipe_version_not_raised naming the version judging now,
+    nothing changed; the recipe judging now put again as it is changes nothing (session 55)."""
+    configured = {"name": "deeppcb", "version": "1", "model": "deeppcb", "min_size_px": 8,
+                  "max_count": {}, "critical": ["open", "short"]}  # configs/recipes/deeppcb.yaml
+    v3 = {**configured, "version": "3", "min_size_px": 20}
+    folder = tmp_path / "recipes"
+    with _served(tmp_path) as srv:
+        with srv.client("admin") as c:
+            r = c.put("/v1/recipes/deeppcb", json={**configured, "min_size_px": 20})
+            assert r.status_code == 409, r.text
+            assert r.json()["error"] == {"code": "recipe_version_not_raised", "message": (
+                "recipe deeppcb version 1 is the one judging now, with other rules: a changed "
+                "recipe needs a version above 1 (stored verdicts name the version that judged "
+                "them); nothing was changed")}
+            same = c.put("/v1/recipes/deeppcb", json=configured)  # as it is: nothing changes
+            assert same.status_code == 200 and same.json()["min_size_px"] == 8, same.text
+            assert not (folder / "deeppcb.json").exists() and _audited_puts(c) == []
+            assert c.put("/v1/recipes/deeppcb", json=v3).status_code == 200
+            kept = (folder / "deeppcb.json").read_bytes()
+            for body, said in (({**v3, "version": "2", "min_size_px": 30},
+                                "version 2 is below version 3, the one judging now"),
+                               ({**v3, "version": "03", "critical": ["open"]},
+                                "version 3 is the one judging now, with other rules")):
+                r = c.put("/v1/recipes/deeppcb", json=body)
+                assert r.status_code == 409, r.text
+                assert r.json()["error"]["code"] == "recipe_version_not_raised"
+                assert said in r.json()["error"]["message"], r.text
+            assert c.put("/v1/recipes/deeppcb", json=v3).status_code == 200  # again: no-op
+            assert (folder / "deeppcb.json").read_bytes() == kept
+            assert _audited_puts(c) == ["deeppcb"]
+        listed = _recipes(srv)["deeppcb"]
+        assert (listed["version"], listed["min_size_px"], listed["critical"]) == (
+            "3", 20, ["open", "short"])
+        with srv.client("line") as c:
+            r = c.post("/v1/inspect", content=_image(), headers=JPEG)
+            assert r.status_code == 200 and r.json()["recipe"] == {"name": "deeppcb", "version": "3"}
+            judged = r.json()["id"]
+        with srv.client("admin") as c:  # the configuration's version 1 judges again
+            assert c.delete("/v1/recipes/deeppcb").json()["recipe"]["version"] == "1"
+
+    with _served(tmp_path) as srv:  # a restart forgets no version that judged
+        with srv.client("admin") as c:
+            r = c.put("/v1/recipes/deeppcb", json={**v3, "min_size_px": 40})
+            assert r.status_code == 409 and r.json()["error"]["message"].startswith(
+                "recipe deeppcb version 3 judged here before with other rules (version 1 "
+                "judges now)"), r.text
+            assert not (folder / "deeppcb.json").exists()
+            put_back = c.put("/v1/recipes/deeppcb", json=v3)  # its rules as they were: taken
+            assert put_back.status_code == 200, put_back.text
+            assert c.put("/v1/recipes/deeppcb", json={**v3, "version": "4",
+                                                      "min_size_px": 40}).status_code == 200
+        with srv.client("reviewer") as c:  # the verdict stored under version 3 still says so
+            r = c.get(f"/v1/inspections/{judged}")
+            assert r.status_code == 200 and r.json()["recipe"] == {"name": "deeppcb", "version": "3"}

@@ -6,6 +6,11 @@ is now written (atomically) to ``<data_dir>/recipes/NAME.json`` with who put it,
 its place in the load order; the server loads these after its own recipes (the
 configuration's, the cards', a fleet box's pulled models'), so a put recipe replaces the
 server's own of its name until ``DELETE /v1/recipes/NAME`` drops it.
+
+Beside them, ``<data_dir>/recipes/.versions/NAME.json`` keeps each version of ``NAME`` that
+judged here since session 55 (put over the API, or replaced by a put) with the digest of
+its rules: a version means one set of rules for good, after a DELETE too (a stored
+verdict's "recipe X version 3" says which rules judged it).
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ from pydantic import ValidationError
 from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import describe_validation
 from lineside_inspect.names import is_name
-from lineside_inspect.recipes.schema import Recipe
+from lineside_inspect.recipes.schema import Recipe, rules_digest
 
 log = logging.getLogger("lineside")
 
 SAVED_FORMAT = 1
+VERSIONS_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,38 @@ class SavedRecipes:
         if not self.folder.is_dir():
             return []
         return [p for p in sorted(self.folder.glob("*.json")) if is_name(p.stem)]
+
+    def _versions_file(self, name: str) -> Path:
+        return self._file(name).parent / ".versions" / f"{name}.json"
+
+    def judged(self, name: str) -> dict[str, str]:
+        """The versions of ``name`` that judged here (version -> :func:`rules_digest`); a
+        file that does not read is logged and taken as none (the check against the recipe
+        judging now still holds)."""
+        path = self._versions_file(name)
+        try:
+            doc = json.loads(path.read_text())
+            if not isinstance(doc, dict) or doc.get("format_version") != VERSIONS_FORMAT:
+                raise ValueError(f"format_version must be {VERSIONS_FORMAT}")
+            versions = doc.get("versions")
+            if not isinstance(versions, dict):
+                raise ValueError("no versions")
+            return {str(v): str(d) for v, d in versions.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            log.warning("recipe %s: the versions that judged are not read: %s (file %s)", name,
+                        exc if not isinstance(exc, RecursionError) else "nested too deeply", path)
+            return {}
+
+    def remember(self, name: str, *recipes: Recipe) -> None:
+        """Keep the versions of ``recipes`` (of ``name``) as ones that judged, with their
+        rules' digests; a version kept already keeps its first digest."""
+        versions = self.judged(name)
+        for recipe in recipes:
+            versions.setdefault(recipe.version, rules_digest(recipe))
+        doc = {"format_version": VERSIONS_FORMAT, "recipe": name, "versions": versions}
+        write_atomic(self._versions_file(name), json.dumps(doc, indent=1).encode())
 
     def raw(self, name: str) -> bytes | None:
         """The saved file's bytes (to put back if a change does not stand), None if none."""

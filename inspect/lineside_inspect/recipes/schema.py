@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Annotated
@@ -249,6 +251,27 @@ class Recipe(BaseModel):
             if label not in known:
                 raise ConfigError(f"recipe {self.name}: critical names unknown class {label!r} "
                                   f"(model classes: {', '.join(map(repr, class_names))})")
+
+
+_VERSION_PART = re.compile(r"(\d+)")
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """A recipe version's place in order: runs of digits compare as numbers, the rest as
+    text, a digit run before text (``2`` < ``3`` < ``10``, ``1.9`` < ``1.10``, ``v2`` <
+    ``v10``, ``2`` < ``2b``); ``3`` and ``03`` are one place."""
+    return tuple((0, int(part)) if part.isdecimal() else (1, part)
+                 for part in _VERSION_PART.split(version) if part)
+
+
+def rules_digest(recipe: Recipe) -> str:
+    """SHA-256 of the rules a recipe version stands for: all but ``version`` and
+    ``model_version``. A pin is left out: every stored verdict names the model version
+    (and its sha256) that judged it beside the recipe's, so pinning the version a recipe
+    was written for (what a refused pull says to do) keeps the recipe's version; a model,
+    a threshold, a region or a count changed needs a new one."""
+    rules = recipe.model_dump(mode="json", exclude={"version", "model_version"})
+    return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
 
 
 def check_distinct(recipes: list[tuple[str, Recipe]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -17,12 +18,14 @@ from lineside_inspect.errors import (
     RecipeBreaksCamera,
     RecipeNameTaken,
     RecipesCannotFollow,
+    RecipeVersionNotRaised,
     echo,
 )
 from lineside_inspect.names import Name, Text
 from lineside_inspect.package import confine
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.saved import SavedRecipes
+from lineside_inspect.recipes.schema import rules_digest, version_key
 from lineside_inspect.server.deps import Admin, RegistryDep, RoleFirstRoute, SettingsDep
 from lineside_inspect.server.responses import (
     ActiveVersion,
@@ -35,6 +38,8 @@ from lineside_inspect.server.responses import (
     VersionUnloaded,
     errors,
 )
+
+log = logging.getLogger("lineside")
 
 router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["admin"])
 
@@ -197,7 +202,11 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
     422 naming why when that fails), 422 when it names classes the model lacks,
     409 gate_failed when it pins a version the lifecycle would not activate, 409
     recipe_breaks_camera when a configured camera triggers with it and the model's need for
-    a golden image contradicts that camera's config."""
+    a golden image contradicts that camera's config. The recipe judging now under its
+    name, put again as it is (version and rules), changes nothing (200, nothing written or
+    audited); other rules need a version above that one's, and one that never judged here
+    with other rules: 409 recipe_version_not_raised naming the version judging now (stored
+    verdicts name the version that judged them)."""
     if recipe.name != name:
         raise ConfigError(f"recipe name {recipe.name!r} does not match the URL's {name!r}")
     if recipe.remote is not None:
@@ -218,11 +227,14 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
                                   "that differs only in case: a PLC, a page or a person "
                                   f"choosing by name would take one for the other; put it as "
                                   f"{clash[0]} to change that one, or choose another name")
-        state.service.check_recipe_for_cameras(recipe)
         try:
             before: Recipe | None = registry.recipe(name)
         except NotFoundError:
             before = None
+        if before is not None and before.model_dump() == recipe.model_dump():
+            return before  # the recipe judging now, put again: nothing changes (no write, no audit)
+        _check_version(recipe, before, saved.judged(name))
+        state.service.check_recipe_for_cameras(recipe)
         # on disk first: what the audit log then records is what a restart brings back
         old = saved.raw(name)
         saved.save(recipe, actor=who.name, keep_place=before is not None)
@@ -236,7 +248,44 @@ def put_recipe(name: str, recipe: Recipe, who: Admin, registry: RegistryDep,
             saved.put_back(name, old)
             raise
         state.api_recipes.add(name)
+        try:  # both judged under their versions: neither version takes other rules later
+            saved.remember(name, *([before] if before is not None else []), recipe)
+        except OSError as exc:  # the recipe is in place and recorded: said, not undone
+            log.error("recipe %s: versions %s not kept as judged (%s): a later put of "
+                      "either with other rules is checked against the recipe judging then "
+                      "only", name, recipe.version, exc.strerror or exc)
     return recipe
+
+
+def _check_version(recipe: Recipe, before: Recipe | None, judged: dict[str, str]) -> None:
+    """Refuse ``recipe`` (other rules than ``before``, the one of its name judging now)
+    unless its version is above ``before``'s and names no other rules that judged here
+    (``judged``: version -> rules digest): a stored verdict names its recipe's version,
+    which must say which rules judged it. A version put back with the rules it judged
+    with passes (a product's earlier rules, put again as they were)."""
+    known = dict(judged)
+    if before is not None:
+        known.setdefault(before.version, rules_digest(before))
+    digest, key = rules_digest(recipe), version_key(recipe.version)
+    now = "" if before is None else f" (version {before.version} judges now)"
+    for version, was in known.items():
+        if version_key(version) == key and was != digest:
+            if before is not None and version == before.version:
+                raise RecipeVersionNotRaised(
+                    f"recipe {recipe.name} version {version} is the one judging now, with "
+                    f"other rules: a changed recipe needs a version above {version} (stored "
+                    "verdicts name the version that judged them); nothing was changed")
+            raise RecipeVersionNotRaised(
+                f"recipe {recipe.name} version {version} judged here before with other "
+                f"rules{now}: a changed recipe needs a version of its own (stored verdicts "
+                "name the version that judged them); nothing was changed")
+    if before is not None and known.get(recipe.version) != digest \
+            and key < version_key(before.version):
+        raise RecipeVersionNotRaised(
+            f"recipe {recipe.name} version {recipe.version} is below version "
+            f"{before.version}, the one judging now: a recipe put in its place needs a version "
+            f"above {before.version} (stored verdicts name the version that judged them); nothing "
+            "was changed")
 
 
 @router.delete("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413))
