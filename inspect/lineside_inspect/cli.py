@@ -407,6 +407,10 @@ def data_pull(
     part_id: Annotated[str | None, typer.Option(
         "--part-id", metavar="ID", help="only this part's inspections: exactly this part id, as "
         "sent with the image (GET /v1/inspections?part_id=)")] = None,
+    recipe: Annotated[list[str] | None, typer.Option(
+        "--recipe", metavar="NAME", help="only this recipe's inspections (repeat for more): "
+        "e.g. a reference station's pairs apart from a single-image recipe's frames, each "
+        "set for the training config of its model (GET /v1/inspections?recipe=)")] = None,
     key: Annotated[str | None, typer.Option(envvar="LINESIDE_KEY", help="reviewer API key")] = None,
     database_url: Annotated[str | None, typer.Option(help="store database URL")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace DST if it is a dataset (or empty)")] = False,
@@ -424,7 +428,7 @@ def data_pull(
     from lineside_inspect.names import PartId
     from lineside_inspect.store import Store
     from lineside_inspect.store.checks import check_database
-    from lineside_inspect.store.pull import pull_from_server, pull_from_store
+    from lineside_inspect.store.pull import pull_from_server, pull_from_store, recipe_filter
     from lineside_inspect.store.store import DB_FILE, default_url
 
     try:
@@ -438,9 +442,11 @@ def data_pull(
             raise DatasetError(f"--part-id: {describe_validation(exc.errors())}") from None
         if not part_id:  # (the list takes "" as no filter: every part's would be pulled)
             raise DatasetError("--part-id is empty: give a part id, or leave it out")
+    recipes = recipe_filter(recipe)  # (a name that is not one: refused before any database)
     if source.startswith(("http://", "https://")):
         ds = pull_from_server(source, dst, key=key, since=when, reviewed=reviewed,
-                              overwrite=overwrite, part_id=part_id, keep_anomaly=keep_anomaly)
+                              overwrite=overwrite, part_id=part_id, keep_anomaly=keep_anomaly,
+                              recipes=recipes)
     else:
         if not (Path(source) / DB_FILE).exists() and database_url is None:
             raise DatasetError(f"{source}: no {DB_FILE} here; give a server URL, a store "
@@ -456,7 +462,7 @@ def data_pull(
             with Store(source, database_url) as store:  # (its lock let go: a second pull)
                 ds = pull_from_store(store, dst, since=when, reviewed=reviewed,
                                      overwrite=overwrite, part_id=part_id,
-                                     keep_anomaly=keep_anomaly)
+                                     keep_anomaly=keep_anomaly, recipes=recipes)
         except DBAPIError as exc:
             if database_url is not None:  # (--database-url: checked above; its URL unshown)
                 raise

@@ -102,3 +102,97 @@ def test_the_same_stored_item_is_placed_alike_from_the_store_and_over_http(
     assert f"{ids['resized']}: its image is 10x10" in said
     assert f"{ids['shifted']}: its stored alignment shift [1000000.0, 0.0]" in said
     assert f"{ids['altered']}: its golden image has sha256 " in said
+
+
+def test_a_pull_takes_only_the_recipes_asked_for_from_a_server_and_a_store(
+        tmp_path: Path, database_url: str | None) -> None:
+    """A box judging with a single-image detector and a reference model (`make serve`'s
+    config) stores both kinds of inspections; a pull took them all as one set, and the
+    reference training config refused its single-image frames, which have no golden.
+    `--recipe NAME` (repeatable) pulls only those recipes' inspections, over HTTP (the
+    list's ``recipe`` filter) and from the store (SQLite and PostgreSQL) alike; a name that
+    is not one is refused, named; a recipe with no inspections is an empty pull, said."""
+    from typer.testing import CliRunner
+
+    from lineside_inspect.cli import app
+    from lineside_inspect.errors import DatasetError
+
+    from .conftest import MODEL, ROLE_KEYS
+
+    part, golden = read_image(PAIR / "00041000_test.jpg"), read_image(PAIR / "00041000_temp.jpg")
+    singles = [next((PAIR.parent / g).glob("*_test.jpg")) for g in ("group13000", "group20085")]
+    data_dir = tmp_path / "box"
+    srv, stop = start_server(keyed(
+        models=[str(MODEL), str(REF_MODEL)], data_dir=str(data_dir), database_url=database_url,
+        recipes=[str(ROOT / "configs" / "recipes" / n) for n in ("deeppcb.yaml", "deeppcb-ref.yaml")],
+        store_pass_rate=1.0))
+    runner, key = CliRunner(), ROLE_KEYS["reviewer"]
+    try:
+        made: dict[str, set[str]] = {"deeppcb": set(), "deeppcb-ref": set()}
+        with srv.client("admin") as c:
+            assert c.put("/v1/references/golden", content=_png(golden),
+                         headers={"content-type": "image/png"}).status_code == 200
+            r = c.post("/v1/inspect", params={"recipe": "deeppcb-ref", "reference": "golden"},
+                       files={"image": ("f.png", _png(part), "image/png")})
+            assert r.status_code == 200 and r.json()["stored"], r.text
+            made["deeppcb-ref"].add(r.json()["id"])
+            for picture in singles:
+                r = c.post("/v1/inspect", params={"recipe": "deeppcb"},
+                           files={"image": ("f.jpg", picture.read_bytes(), "image/jpeg")})
+                assert r.status_code == 200 and r.json()["stored"], r.text
+                made["deeppcb"].add(r.json()["id"])
+        store = srv.app.state.store
+        store.flush()
+        every = made["deeppcb"] | made["deeppcb-ref"]
+        for asked, want in ((None, every), (["deeppcb-ref"], made["deeppcb-ref"]),
+                            (["deeppcb"], made["deeppcb"]),
+                            (["deeppcb", "deeppcb-ref", "deeppcb"], every)):
+            for how in ("server", "store"):
+                dst = tmp_path / f"{how}-{'+'.join(asked or ['all'])}"
+                if how == "server":
+                    pull_from_server(srv.url, dst, key=key, reviewed=False, recipes=asked)
+                else:
+                    pull_from_store(store, dst, reviewed=False, recipes=asked)
+                assert validate_dir(dst) == []
+                images = read_dataset(dst).images
+                frames = {Path(r.file_name).stem: r for r in images
+                          if not r.file_name.startswith("references/")}
+                assert set(frames) == want, (how, asked)
+                # a reference recipe's pull is pairs only: each frame names its golden
+                assert all(r.reference for r in frames.values()) == (asked == ["deeppcb-ref"])
+                assert any(r.file_name.startswith("references/") for r in images) \
+                    == ("deeppcb-ref" in (asked or ["deeppcb-ref"]))
+        # a name no recipe can have: refused before anything is listed, named
+        for how in ("server", "store"):
+            for bad in ("../x", "", "a b", "x" * 129):
+                with pytest.raises(DatasetError, match=r"--recipe '.*': must be 1-128 ASCII"):
+                    if how == "server":
+                        pull_from_server(srv.url, tmp_path / "bad", key=key, recipes=[bad])
+                    else:
+                        pull_from_store(store, tmp_path / "bad", recipes=[bad])
+        assert not (tmp_path / "bad").exists()
+        result = runner.invoke(app, ["data", "pull", srv.url, str(tmp_path / "cli-bad"),
+                                     "--key", key, "--recipe", "../x"])
+        assert result.exit_code == 2 and "--recipe '../x': must be 1-128 ASCII letters" \
+            in result.output, result.output
+        # a recipe the server has no inspections of: an empty pull, said so
+        result = runner.invoke(app, ["data", "pull", srv.url, str(tmp_path / "cli-none"),
+                                     "--key", key, "--no-reviewed", "--recipe", "nope"])
+        assert result.exit_code == 2 and "no reviewed inspections with a stored image match " \
+            "(of recipe 'nope')" in result.output, result.output
+        result = runner.invoke(app, ["data", "pull", srv.url, str(tmp_path / "cli-ref"),
+                                     "--key", key, "--no-reviewed", "--recipe", "deeppcb-ref"])
+        assert result.exit_code == 0 and "pulled 2 images" in result.output, result.output
+    finally:
+        stop()
+    # from the store folder, as an operator runs it on the box
+    where = ["--database-url", database_url] if database_url else []
+    for asked, want in (("deeppcb", made["deeppcb"]), ("nope", set())):
+        result = runner.invoke(app, ["data", "pull", str(data_dir), str(tmp_path / f"cli-{asked}"),
+                                     "--no-reviewed", "--recipe", asked, *where])
+        if want:
+            assert result.exit_code == 0, result.output
+            assert {Path(r.file_name).stem for r in read_dataset(tmp_path / "cli-deeppcb").images} \
+                == want
+        else:
+            assert result.exit_code == 2 and "(of recipe 'nope')" in result.output, result.output

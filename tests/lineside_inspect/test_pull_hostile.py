@@ -199,11 +199,18 @@ def test_a_server_of_a_release_before_until_is_paged_by_offset(
         with pytest.raises(ConfigError, match=r"asked for part 'SN 1', the server listed "
                            rf"inspection {ids[0]} of another part: it does not filter by "):
             pull_from_server(srv.url, tmp_path / "one-part", part_id="SN 1")
+        # nor recipe (session 55): a box's single-image fails were pulled with its
+        # reference pairs, which the reference training config then refused
+        with pytest.raises(ConfigError, match=r"asked for recipe 'ref', the server listed "
+                           rf"inspection {ids[0]} of recipe 'r': it does not filter by "
+                           "recipe; pull without --recipe"):
+            pull_from_server(srv.url, tmp_path / "one-recipe", recipes=["ref"])
     finally:
         srv.close()
     assert sorted(r.file_name.split("/")[-1][:32] for r in ds.images) == ids
     assert any("until=" in p for p in srv.asked)  # it was asked first
-    assert "part_id=SN+1" in srv.asked[-1] and not (tmp_path / "one-part").exists()
+    assert "part_id=SN+1" in srv.asked[-2] and not (tmp_path / "one-part").exists()
+    assert "recipe=ref" in srv.asked[-1] and not (tmp_path / "one-recipe").exists()
 
 
 @pytest.mark.parametrize(("page", "image", "words"), [

@@ -17,7 +17,7 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from lineside_inspect.errors import (
     describe_validation,
 )
 from lineside_inspect.imageio import decode_image
-from lineside_inspect.names import BIDI_RE, CONTROL_RE, is_name
+from lineside_inspect.names import BIDI_RE, CONTROL_RE, NAME_RULE, is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ANOMALY_LABEL
 from lineside_inspect.runtime.reference import shift_onto
@@ -229,11 +229,30 @@ def _ext(content_type: str) -> str:
     return {"image/png": "png", "image/bmp": "bmp"}.get(content_type.split(";")[0], "jpg")
 
 
-def _asked(part_id: str | None, since: datetime | None, reviewed: bool) -> str:
+def recipe_filter(recipes: Sequence[str] | None) -> tuple[str, ...]:
+    """The recipes a pull is held to (``data pull --recipe``), each once, in the order
+    given; () for every recipe's. Each must be a name as a recipe's is (names.py, the full
+    match): one that is not is refused before anything is listed. The list takes ``""``
+    as no filter, and would have pulled every recipe's inspections as one's."""
+    if isinstance(recipes, str):  # (a str is a Sequence of one-letter "recipes")
+        recipes = [recipes]
+    out: list[str] = []
+    for name in recipes or ():
+        if not is_name(name):
+            raise DatasetError(f"--recipe {str(name)[:140]!r}: must be {NAME_RULE}")
+        if name not in out:
+            out.append(name)
+    return tuple(out)
+
+
+def _asked(part_id: str | None, since: datetime | None, reviewed: bool,
+           recipes: Sequence[str] = ()) -> str:
     """What a pull asked for, as its "nothing matched" error says it: a part's pull that
     found none said only "no reviewed inspections ... match", neither the part nor where its
     inspections are reviewed (a new QA lead's walk, session 48)."""
     said = [f"of part {part_id!r}"] if part_id else []
+    if recipes:
+        said.append(f"of recipe {' or '.join(repr(r) for r in recipes)}")
     if since is not None:
         said.append(f"made since {since.isoformat()}")
     out = f" ({', '.join(said)})" if said else ""
@@ -614,29 +633,18 @@ def _not_a_file(store: Store, row: InspectionRow) -> str | None:
 
 def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = None,
                     reviewed: bool = True, overwrite: bool = False,
-                    part_id: str | None = None, keep_anomaly: bool = False) -> Dataset:
-    """The store's reviewed inspections (``part_id``: exactly this part's) as a dataset;
-    ``keep_anomaly``: those whose truth holds an ``anomaly`` box are pulled with it (a
-    class ``anomaly``), not left out (``pull_rules.anomaly_labelled``)."""
+                    part_id: str | None = None, keep_anomaly: bool = False,
+                    recipes: Sequence[str] | None = None) -> Dataset:
+    """The store's reviewed inspections (``part_id``: exactly this part's; ``recipes``:
+    only these recipes') as a dataset; ``keep_anomaly``: those whose truth holds an
+    ``anomaly`` box are pulled with it (a class ``anomaly``), not left out
+    (``pull_rules.anomaly_labelled``)."""
+    held = recipe_filter(recipes)
     _check_dst(dst, overwrite)
-    cursor = _Cursor()
     with _staging(dst) as tmp:
         placing = _Placing(Path(tmp), keep_anomaly)
-        while True:
-            until, offset = cursor.params()
-            _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
-                                  until=until, part_id=part_id, limit=PAGE, offset=offset)
-            if not rows:
-                break
-            # a row whose stored time does not read as one (store/utc.py) has no place in
-            # the cursor; record() below leaves it out, named
-            timed = [(as_utc(r.created_at), r.id) for r in rows if isinstance(r.created_at, datetime)]
-            if not timed:  # (SQLite lists text after every time first)
-                log.warning("pull: left out %d inspections whose stored times do not read as "
-                            "times", len(rows))
-                cursor.pass_over(len(rows))  # (each page moves on: the store's rows are finite)
-                continue
-            cursor.advance(timed)
+        for rows in _stored_pages(store, since=since, reviewed=reviewed, part_id=part_id,
+                                  recipes=held):
             for row in rows:
                 # a time several rows share may be listed again: each once
                 if not placing.first(row.id):
@@ -676,7 +684,33 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
                     continue
                 if isinstance(staged, Path):  # (the staging folder holds what goes in)
                     staged.unlink(missing_ok=True)
-        return placing.write(str(store.data_dir), dst, overwrite, _asked(part_id, since, reviewed))
+        return placing.write(str(store.data_dir), dst, overwrite,
+                             _asked(part_id, since, reviewed, held))
+
+
+def _stored_pages(store: Store, *, since: datetime | None, reviewed: bool, part_id: str | None,
+                  recipes: tuple[str, ...]) -> Iterator[list[InspectionRow]]:
+    """The store's matching rows, page by page (:class:`_Cursor`); with ``recipes``, each
+    recipe's in turn (one query each, as the list's filter takes one)."""
+    for recipe in recipes or (None,):
+        cursor = _Cursor()
+        while True:
+            until, offset = cursor.params()
+            _, rows = store.query(review_state="reviewed" if reviewed else None, since=since,
+                                  until=until, part_id=part_id, recipe=recipe, limit=PAGE,
+                                  offset=offset)
+            if not rows:
+                break
+            # a row whose stored time does not read as one (store/utc.py) has no place in
+            # the cursor; record() leaves it out, named
+            timed = [(as_utc(r.created_at), r.id) for r in rows if isinstance(r.created_at, datetime)]
+            if not timed:  # (SQLite lists text after every time first)
+                log.warning("pull: left out %d inspections whose stored times do not read as "
+                            "times", len(rows))
+                cursor.pass_over(len(rows))  # (each page moves on: the store's rows are finite)
+                continue
+            cursor.advance(timed)
+            yield rows
 
 
 def _page(url: str, content: bytes) -> InspectionPage:
@@ -707,14 +741,16 @@ def _failed(url: str, r: httpx.Response | _Answer, what: str) -> ConfigError:
 def pull_from_server(url: str, dst: str | Path, *, key: str | None = None,
                      since: datetime | None = None, reviewed: bool = True,
                      overwrite: bool = False, part_id: str | None = None,
-                     keep_anomaly: bool = False) -> Dataset:
+                     keep_anomaly: bool = False, recipes: Sequence[str] | None = None) -> Dataset:
     """The server's reviewed inspections as a dataset at ``dst`` (``part_id``: exactly
-    this part's, the list's ``part_id`` filter; ``keep_anomaly`` as
+    this part's, the list's ``part_id`` filter; ``recipes``: only these recipes'
+    inspections, the list's ``recipe`` filter, one listing each; ``keep_anomaly`` as
     :func:`pull_from_store`'s); a server that cannot be reached (bad URL,
     refused, TLS, timeout) is one :class:`ServerUnreachable` line."""
+    held = recipe_filter(recipes)
     try:
         return _pull(url, dst, key=key, since=since, reviewed=reviewed, overwrite=overwrite,
-                     part_id=part_id, keep_anomaly=keep_anomaly)
+                     part_id=part_id, keep_anomaly=keep_anomaly, recipes=held)
     except httpx.InvalidURL as exc:
         raise ConfigError(f"{url}: not a valid URL ({exc})") from None
     except httpx.TransportError as exc:  # refused, DNS, TLS, timeouts, a scheme httpx lacks
@@ -813,13 +849,17 @@ def _bound(first: int) -> int:
 
 def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
           reviewed: bool, overwrite: bool, part_id: str | None = None,
-          keep_anomaly: bool = False) -> Dataset:
+          keep_anomaly: bool = False, recipes: tuple[str, ...] = ()) -> Dataset:
     _check_dst(dst, overwrite)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
         placing = _Placing(Path(tmp), keep_anomaly)
-        for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id):
+        # (the list takes one recipe: one listing each, one after the other)
+        listed = (item for recipe in recipes or (None,)
+                  for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id,
+                                      recipe=recipe))
+        for item in listed:
             # a review made during the pull moves later items onto the next page
             if not placing.first(item["id"]):
                 continue
@@ -833,16 +873,18 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
                 placing.place(item, *fetched)
             else:
                 placing.no_image(item["id"], GONE)
-        return placing.write(url, dst, overwrite, _asked(part_id, since, reviewed))
+        return placing.write(url, dst, overwrite, _asked(part_id, since, reviewed, recipes))
 
 
 def _listed(c: httpx.Client, url: str, *, since: datetime | None,
-            reviewed: bool, part_id: str | None = None) -> Iterator[dict[str, Any]]:
+            reviewed: bool, part_id: str | None = None,
+            recipe: str | None = None) -> Iterator[dict[str, Any]]:
     """The server's inspections, page by page (:class:`_Cursor`; by offset from a server
     of a release before ``until``), each as its JSON; the next page is asked for once the
     items before it were taken. A list that never ends, or sends a page again, is stopped
     (:func:`_bound`). ``part_id``: a server listing another part's inspection ignores the
-    filter (a release before 2026-12-07): stopped, not every part's pulled as one's."""
+    filter (a release before 2026-12-07): stopped, not every part's pulled as one's;
+    ``recipe`` alike (a server listing another recipe's inspection ignores it)."""
     cursor, listed, first = _Cursor(), 0, None
     by_offset: int | None = None  # a server of a release before `until`: by offset
     again = 0  # rows of pages by offset that listed only rows listed before
@@ -857,6 +899,8 @@ def _listed(c: httpx.Client, url: str, *, since: datetime | None,
             params["until"] = until.isoformat()
         if part_id:
             params["part_id"] = part_id
+        if recipe:
+            params["recipe"] = recipe
         r = _get(c, url, "/v1/inspections", MAX_PAGE_BYTES, params=params)
         if r.status_code != 200:
             raise _failed(url, r, "listing inspections")
@@ -885,6 +929,12 @@ def _listed(c: httpx.Client, url: str, *, since: datetime | None,
             raise ConfigError(f"{url}: asked for part {part_id!r}, the server listed "
                               f"inspection {other.id} of another part: it does not filter by "
                               "part_id (a release before 2026-12-07); pull without --part-id")
+        if recipe and (other := next((i for i in page.items if i.recipe.name != recipe), None)):
+            # (a server's list has filtered by recipe since its first release: a hub or
+            # server of another make, or one in front of it dropping the parameter)
+            raise ConfigError(f"{url}: asked for recipe {recipe!r}, the server listed "
+                              f"inspection {other.id} of recipe {other.recipe.name[:140]!r}: it "
+                              "does not filter by recipe; pull without --recipe")
         if until and any(as_utc(i.created_at) >= until for i in page.items):
             # it ignored `until` (a page before this one may have been another than
             # asked for, unseen): from the start again by offset, each item taken once
