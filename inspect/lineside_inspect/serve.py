@@ -594,6 +594,7 @@ def preflight(settings: Settings) -> None:
     from lineside_inspect.errors import MissingExtraError, install_hint
     from lineside_inspect.package import load_package
     from lineside_inspect.recipes import check_card_recipe, load_recipe
+    from lineside_inspect.recipes.saved import SavedRecipes
     from lineside_inspect.recipes.schema import check_distinct
 
     if (settings.database_url or "").startswith("postgresql") and find_spec("psycopg") is None:
@@ -627,6 +628,7 @@ def preflight(settings: Settings) -> None:
         versions[card.version] = card
     recipes = [(str(path), load_recipe(path)) for path in settings.recipes]
     check_distinct(recipes)
+    SavedRecipes(settings.saved_recipes_path).check_configured(recipes)
     for _, recipe in recipes:
         _check_recipe(recipe, cards, pulled=settings.fleet.hub_url is not None)
 

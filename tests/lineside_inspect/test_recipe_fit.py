@@ -192,3 +192,48 @@ def test_a_gate_on_golden_images_the_roi_misses_names_the_set_and_the_image(
     # a roi reaching into the images gates as before
     part = far.model_copy(update={"roi": [[(-100.0, -100.0), (700.0, -100.0), (700.0, 700.0)]]})
     assert run_gate(det, det, lib, manifest, part).passed
+
+
+def test_a_recipe_file_edited_under_a_version_that_judged_refuses_to_start(
+        tmp_path: Path) -> None:
+    """Session 55: a recipe version stands for one set of rules (stored verdicts name the
+    version that judged them; a PUT of other rules under it is a 409). A configured
+    recipe's file edited without raising its version (``min_size_px`` 0 to 50 under
+    version 1) started and judged as "a version 1", two rule sets under one name. The
+    server keeps each configured version's rules digest in the data folder and refuses to
+    start naming the file; the version raised starts, and the first rules under version
+    1 again start too."""
+    data = tmp_path / "store"  # (store=False: a start refused keeps no data folder lock)
+    first = _recipe_file(tmp_path, "a.yaml", "a")
+    app = create_app(keyed(recipes=[str(first)], data_dir=str(data), store=False))
+    with TestClient(app):
+        assert app.state.startup_error is None
+    assert (data / "recipes" / ".versions" / "a.json").is_file()
+
+    edited = _recipe_file(tmp_path, "a.yaml", "a", min_size_px=50)  # version 1 still
+    said = (f"{edited}: recipe a version 1 judged on this server before with other rules "
+            f"(kept in {data / 'recipes' / '.versions' / 'a.json'})")
+    app = create_app(keyed(recipes=[str(edited)], data_dir=str(data), store=False))
+    with pytest.raises(ConfigError) as refused, TestClient(app):
+        pass
+    assert str(refused.value).startswith(said), refused.value
+    # `lineside serve`: one line naming the file, before anything is made
+    out = subprocess.run([*LINESIDE, "serve", "--model", str(MODEL), "--recipe", str(edited),
+                          "--port", str(free_port()), "--device", "cpu"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LINESIDE_DATA_DIR": str(data)})
+    assert out.returncode == 2, out.stderr
+    assert f"error: {said}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+
+    # the version raised starts (and is kept); the first rules put back start as version 1
+    raised = edited.read_text().replace("version: '1'", "version: '2'")
+    edited.write_text(raised)
+    _recipe_file(tmp_path, "b.yaml", "a")  # (version 1's own rules, for the last start)
+    for path, version in ((edited, "2"), (tmp_path / "b.yaml", "1")):
+        app = create_app(keyed(recipes=[str(path)], data_dir=str(data), store=False))
+        with TestClient(app):
+            assert app.state.startup_error is None
+            assert app.state.registry.recipe("a").version == version
+    kept = (data / "recipes" / ".versions" / "a.json").read_text()
+    assert '"1"' in kept and '"2"' in kept, kept

@@ -283,3 +283,23 @@ def test_an_inspection_counts_one_defect_per_place_as_its_card_says(tmp_path: Pa
     (plain / "model.json").write_text(json.dumps(doc))
     every = inspect(frame, Detector(plain, device="cpu", threads=1), recipe, reference=reference)
     assert len(every.defects) == len(kept)
+
+
+def test_a_recipe_versions_rules_digest_ignores_defaults_order_and_the_pin() -> None:
+    """``rules_digest`` (session 55: a recipe version stands for one set of rules) is of the
+    rules alone: a field left at its default (as a field a later release adds would be),
+    critical classes or thresholds in another order, the version and the pin change
+    nothing; a threshold, a region or a model does."""
+    from lineside_inspect.recipes.schema import rules_digest
+
+    base = Recipe(name="r", model="m", min_score={"open": 0.5, "short": 0.4},
+                  critical=["short", "open"])
+    same = [Recipe(name="r", model="m", version="7", model_version="3", min_size_px=0,
+                   min_score={"short": 0.4, "open": 0.5}, critical=["open", "short", "open"],
+                   roi=[], align_reference=False)]
+    assert {rules_digest(r) for r in same} == {rules_digest(base)}
+    other = [base.model_copy(update={"min_score": {"open": 0.5, "short": 0.41}}),
+             base.model_copy(update={"model": "n"}),
+             base.model_copy(update={"min_size_px": 3}),
+             base.model_copy(update={"roi": [[(0.0, 0.0), (9.0, 0.0), (9.0, 9.0)]]})]
+    assert len({rules_digest(base), *map(rules_digest, other)}) == 5

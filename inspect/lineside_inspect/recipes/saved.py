@@ -25,9 +25,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from lineside_inspect.atomic import fsync_folder, write_atomic
-from lineside_inspect.errors import describe_validation
+from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import is_name
-from lineside_inspect.recipes.schema import Recipe, rules_digest
+from lineside_inspect.recipes.schema import Recipe, rules_digest, version_key
 
 log = logging.getLogger("lineside")
 
@@ -113,12 +113,45 @@ class SavedRecipes:
 
     def remember(self, name: str, *recipes: Recipe) -> None:
         """Keep the versions of ``recipes`` (of ``name``) as ones that judged, with their
-        rules' digests; a version kept already keeps its first digest."""
+        rules' digests; a version kept already keeps its first digest (nothing written
+        when every one is kept)."""
         versions = self.judged(name)
+        known = len(versions)
         for recipe in recipes:
             versions.setdefault(recipe.version, rules_digest(recipe))
+        if len(versions) == known and self._versions_file(name).exists():
+            return
         doc = {"format_version": VERSIONS_FORMAT, "recipe": name, "versions": versions}
-        write_atomic(self._versions_file(name), json.dumps(doc, indent=1).encode())
+        # (own_tmp: the workers of one server each remember the configured recipes)
+        write_atomic(self._versions_file(name), json.dumps(doc, indent=1).encode(), own_tmp=True)
+
+    def check_configured(self, recipes: list[tuple[str, Recipe]]) -> None:
+        """Refuse a configured recipe (``(file, recipe)``) whose version judged on this
+        server before with other rules (:meth:`judged`): its file was edited without
+        raising the version, and stored verdicts naming that version would stand for two
+        rule sets, as a PUT of it is refused (session 55)."""
+        for source, recipe in recipes:
+            digest, key = rules_digest(recipe), version_key(recipe.version)
+            for version, was in self.judged(recipe.name).items():
+                if version_key(version) == key and was != digest:
+                    raise ConfigError(
+                        f"{source}: recipe {recipe.name} version {recipe.version} judged on "
+                        f"this server before with other rules (kept in "
+                        f"{self._versions_file(recipe.name)}), and stored verdicts name the "
+                        "version that judged them: give the changed rules a version of their "
+                        "own (raise 'version' in the file), or put the rules back")
+
+    def remember_configured(self, recipes: list[Recipe]) -> None:
+        """:meth:`remember` each configured recipe's version, so that a later edit of its
+        file under the same version is refused at start; a folder that cannot be written
+        is logged, not a reason to refuse to start."""
+        for recipe in recipes:
+            try:
+                self.remember(recipe.name, recipe)
+            except OSError as exc:
+                log.warning("recipe %s version %s: not kept as judged (%s): an edit of its "
+                            "file under this version is not found at the next start",
+                            recipe.name, recipe.version, exc.strerror or exc)
 
     def raw(self, name: str) -> bytes | None:
         """The saved file's bytes (to put back if a change does not stand), None if none."""

@@ -270,7 +270,13 @@ def rules_digest(recipe: Recipe) -> str:
     (and its sha256) that judged it beside the recipe's, so pinning the version a recipe
     was written for (what a refused pull says to do) keeps the recipe's version; a model,
     a threshold, a region or a count changed needs a new one."""
-    rules = recipe.model_dump(mode="json", exclude={"version", "model_version"})
+    # fields left at their defaults are left out: a field a later release adds (with a
+    # default that judges as before) must not make every kept version "other rules"; and
+    # the same rules in another order (critical classes, keys) are one digest
+    rules = recipe.model_dump(mode="json", exclude={"version", "model_version"},
+                              exclude_defaults=True)
+    if "critical" in rules:
+        rules["critical"] = sorted(set(rules["critical"]))
     return hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()
 
 

@@ -58,7 +58,11 @@ def load_everything(settings: Settings, registry: Registry) -> None:
     for path in settings.models:
         registry.load_model(path)
     recipes = [load_recipe(p) for p in settings.recipes]
-    check_distinct([(str(p), r) for p, r in zip(settings.recipes, recipes, strict=True)])
+    configured = [(str(p), r) for p, r in zip(settings.recipes, recipes, strict=True)]
+    check_distinct(configured)
+    saved = SavedRecipes(settings.saved_recipes_path)
+    saved.check_configured(configured)  # (a file edited under a version that judged)
+    saved.remember_configured(recipes)
     if not recipes:
         for name, slot in registry.models().items():
             assert slot.active is not None
