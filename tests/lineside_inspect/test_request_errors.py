@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -455,6 +456,37 @@ def test_a_time_that_is_not_one_is_named_in_a_body_as_in_a_query(srv: Running) -
             assert msg.startswith("query.since: " + _TAKES.format("parameter")), (value, msg)
         r = c.get("/v1/inspections", params={"until": "0001-01-01T00:00:00+05:00"})
         assert _error(r, 422) == "query.until: out of range once taken to UTC"
+
+
+def test_a_window_or_score_range_that_holds_nothing_is_named(srv: Running, board: bytes) -> None:
+    """``until`` before ``since`` (the two swapped), or ``min_score`` above ``max_score``,
+    listed ``total: 0``: read as "no inspections in that hour" by a line lead checking a
+    shift's figures by hand (review, session 55). Each is a 422 naming both bounds; times
+    compared in UTC (an offset, or none, moves the bound, not the check), an equal pair of
+    scores is one score, and a window whose bounds are in order still lists its rows."""
+    with srv.client("line") as c:
+        r = c.post("/v1/inspect", content=board, headers=JPEG, params={"camera_id": "s55w"})
+        assert r.status_code == 200 and r.json()["stored"] is True, r.text
+        made = r.json()["created_at"]
+    with srv.client("reviewer") as c:
+        for since, until in (("2026-12-07T22:00:00Z", "2026-12-07T21:00:00Z"),
+                             ("2026-12-07T22:00:00", "2026-12-07T22:00:00Z"),  # naive: UTC
+                             ("2026-12-07T23:30:00+01:00", "2026-12-07T22:00:00")):
+            msg = _error(c.get("/v1/inspections", params={"since": since, "until": until}), 422)
+            assert msg.startswith("query.until: ") and "is not after since" in msg, msg
+            assert "2026-12-07T22:00:00+00:00" in msg, msg  # both bounds as UTC
+        msg = _error(c.get("/v1/inspections", params={"min_score": 0.9, "max_score": 0.1}), 422)
+        assert msg.startswith("query.max_score: 0.1 is below min_score 0.9"), msg
+        # in order (an hour either side of the inspection, one bound with an offset): listed
+        at = datetime.fromisoformat(made)
+        window = {"since": (at - timedelta(hours=1)).astimezone(timezone(timedelta(hours=5)))
+                  .isoformat(), "until": (at + timedelta(hours=1)).isoformat(),
+                  "camera_id": "s55w"}
+        r = c.get("/v1/inspections", params=window)
+        assert r.status_code == 200 and r.json()["total"] == 1, r.text
+        r = c.get("/v1/inspections", params={"camera_id": "s55w", "min_score": 0.5,
+                                             "max_score": 0.5})
+        assert r.status_code == 200, r.text  # one score: a range, not refused
 
 
 def test_a_blank_golden_is_refused_at_upload_when_a_recipe_sets_min_contrast(

@@ -6,11 +6,13 @@ from __future__ import annotations
 import mimetypes
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from typing import IO, Annotated, Literal
 
 import anyio.to_thread
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, FiniteFloat, StrictInt
 from starlette.background import BackgroundTask
@@ -27,7 +29,7 @@ from lineside_inspect.server.responses import DashboardStats, errors, media
 from lineside_inspect.server.routes.page_data import FleetName, PartFilter, shared_box
 from lineside_inspect.store.pull_rules import with_pull
 from lineside_inspect.store.stats import Shifts
-from lineside_inspect.store.utc import UTCTime
+from lineside_inspect.store.utc import UTCTime, as_utc
 
 router = APIRouter(route_class=RoleFirstRoute, prefix="/v1", tags=["review"])
 
@@ -45,7 +47,8 @@ def list_inspections(
     min_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     max_score: Annotated[float | None, Query(ge=0, le=1)] = None,
     since: Annotated[UTCTime | None, Query(description="ISO time; without an offset: UTC")] = None,
-    until: Annotated[UTCTime | None, Query(description="ISO time; without an offset: UTC")] = None,
+    until: Annotated[UTCTime | None, Query(description=(
+        "ISO time, exclusive; without an offset: UTC; after since"))] = None,
     review_state: Literal["unreviewed", "confirmed", "corrected", "reviewed"] | None = None,
     queue: Annotated[Literal["shadow", "to_label"] | None, Query(description=(
         "shadow: a shadow model disagreed with the verdict (its result: GET "
@@ -56,8 +59,10 @@ def list_inspections(
     """Stored inspections, newest first (404 when the server keeps no store). ``total``
     counts every stored row matching; a row that does not read as an inspection is left
     out of ``items`` and counted in ``left_out``: step pages by ``limit``. A parameter
-    this list does not take is a 422 naming it and those it takes (:func:`_unknown`)."""
+    this list does not take is a 422 naming it and those it takes (:func:`_unknown`), as
+    is a window or score range that holds nothing (:func:`_in_order`)."""
     _unknown(request)
+    _in_order(since, until, min_score, max_score)
     store = get_store(request)
     total, rows = store.query(
         verdict=verdict, camera_id=camera_id, part_id=part_id, recipe=recipe, label=label,
@@ -70,6 +75,23 @@ def list_inspections(
     items = store.records(rows)
     return InspectionPage(total=total, limit=limit, offset=offset, items=items,
                           left_out=len(rows) - len(items))
+
+
+def _in_order(since: datetime | None, until: datetime | None, min_score: float | None,
+              max_score: float | None) -> None:
+    """Refuse ``until`` not after ``since`` (compared in UTC, a naive time being UTC) and
+    ``max_score`` below ``min_score``, naming both bounds: the two swapped listed
+    ``total: 0``, read as no inspections in that window (review, session 55)."""
+    problems = []
+    if since is not None and until is not None and as_utc(until) <= as_utc(since):
+        problems.append({"loc": ("query", "until"), "msg": (
+            f"{as_utc(until).isoformat()} is not after since ({as_utc(since).isoformat()}): "
+            "the window [since, until) holds no time; since is its start, until its end")})
+    if min_score is not None and max_score is not None and max_score < min_score:
+        problems.append({"loc": ("query", "max_score"), "msg": (
+            f"{max_score} is below min_score {min_score}: the range holds no score")})
+    if problems:
+        raise RequestValidationError([{"type": "value_error", "input": None, **p} for p in problems])
 
 
 def _unknown(request: Request) -> None:
