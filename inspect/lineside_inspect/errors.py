@@ -230,7 +230,8 @@ class GateTooLarge(ConfigError):
 
 class ReviewError(ConfigError):
     """A review the inspection cannot take (a box outside the image, an unknown class,
-    a relabel without a box to relabel). A ConfigError still, for whoever catches those."""
+    a relabel without a box to relabel, a remove_box of the last box). A ConfigError
+    still, for whoever catches those."""
 
     code = "invalid_review"
     status = 422

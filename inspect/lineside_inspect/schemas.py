@@ -24,7 +24,7 @@ from typing_extensions import TypeAliasType
 Verdict = TypeAliasType("Verdict", Literal["pass", "fail"])
 Outcome = Verdict
 ReviewAction = TypeAliasType(
-    "ReviewAction", Literal["confirm", "false_reject", "missed_defect", "relabel"])
+    "ReviewAction", Literal["confirm", "false_reject", "missed_defect", "relabel", "remove_box"])
 Precision = TypeAliasType("Precision", Literal["fp32", "fp16", "int8"])
 
 

@@ -508,3 +508,42 @@ def test_a_recount_keeps_the_boxes_whose_inspections_retention_removed(
     assert {b: f.inspections_held for b, f in boxes.items() if f.inspections_held} == held
     assert max(f.last_inspection_at for f in boxes.values() if f.last_inspection_at) == now
     store.close()
+
+
+def test_a_removed_box_goes_up_to_the_hub_and_down_to_the_box(hub: Hub, box: Running,
+                                                              image_bytes: bytes) -> None:
+    """``remove_box`` (session 55) both ways: the box's reaches the hub, the hub's the box,
+    each side's truth the same after (a side that did not know the action skipped it,
+    logged: ``docs/upgrading.md``)."""
+    iid = _inspect(box, image_bytes)
+    q = hub.client()
+    wait_for("the inspection on the hub", lambda: q.get(f"/v1/inspections/{iid}").status_code == 200)
+    drawn = [{"label": "open", "box": [10.0, 10.0, 30.0, 30.0]},
+             {"label": "short", "box": [40.0, 40.0, 60.0, 70.0]},
+             {"label": "spur", "box": [80.0, 80.0, 90.0, 95.0]}]
+    with box.client("reviewer") as b:
+        truth = b.post(f"/v1/inspections/{iid}/reviews", json={
+            "action": "missed_defect", "boxes": drawn}).json()["reviews"][-1]["boxes"]
+        r = b.post(f"/v1/inspections/{iid}/reviews", json={"action": "remove_box", "index": 0})
+        assert r.status_code == 200, r.text
+        after_box = truth[1:]
+        assert r.json()["reviews"][-1]["boxes"] == after_box
+        # a round of the box's review sync each poll (the module's first test stops its loop)
+        sync = box.app.state.fleet_reviews
+
+        def synced(c: httpx.Client, last: tuple[str, str]) -> bool:
+            sync.sync_once()
+            return _reviews(c, iid)[-1:] == [last]
+
+        wait_for("the box's remove_box on the hub",
+                 lambda: synced(q, (f"reviewer ({BOX})", "remove_box")))
+        got = q.get(f"/v1/inspections/{iid}").json()
+        assert got["reviews"][-1]["boxes"] == after_box and got["review_state"] == "corrected"
+        # down: the hub's reviewer takes out the next one
+        r = q.post(f"/v1/inspections/{iid}/reviews", json={"action": "remove_box", "index": 0,
+                                                            "seen_reviews": len(got["reviews"])})
+        assert r.status_code == 200, r.text
+        wait_for("the hub's remove_box on the box", lambda: synced(b, ("qa", "remove_box")))
+        here = b.get(f"/v1/inspections/{iid}").json()
+        assert here["reviews"][-1]["boxes"] == after_box[1:] == r.json()["reviews"][-1]["boxes"]
+        assert here["reviews"][-1]["origin"] == "hub"

@@ -143,7 +143,7 @@ HUB_OPERATIONS = {
 }
 # enums with a name of their own (schemas.py): one component each, never inlined again
 NAMED_ENUMS = {"Verdict": ["pass", "fail"],
-               "ReviewAction": ["confirm", "false_reject", "missed_defect", "relabel"],
+               "ReviewAction": ["confirm", "false_reject", "missed_defect", "relabel", "remove_box"],
                "Precision": ["fp32", "fp16", "int8"]}
 
 

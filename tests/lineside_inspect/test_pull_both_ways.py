@@ -196,3 +196,38 @@ def test_a_pull_takes_only_the_recipes_asked_for_from_a_server_and_a_store(
                 == want
         else:
             assert result.exit_code == 2 and "(of recipe 'nope')" in result.output, result.output
+
+
+def test_a_box_a_reviewer_removed_is_in_no_pulled_label(tmp_path: Path) -> None:
+    """``remove_box`` (session 55): the false detection a reviewer took out is in neither
+    pull's labels, and the model's other boxes are pulled exactly as it drew them (the
+    workaround before it, false_reject then redraw, lost them)."""
+    srv, stop = start_server(keyed(store_pass_rate=1.0))
+    try:
+        with srv.client("admin") as c:
+            c.put("/v1/recipes/strict", json={"name": "strict", "model": "deeppcb",
+                                              "default_min_score": 0.3})
+        with srv.client("line") as c:
+            r = c.post("/v1/inspect", params={"recipe": "strict"},
+                       content=(PAIR / "00041000_test.jpg").read_bytes(),
+                       headers={"content-type": "image/jpeg"})
+            doc = r.json()
+            assert r.status_code == 200 and doc["stored"] and len(doc["defects"]) >= 2, r.text
+        model = [(d["label"], tuple(d["box"])) for d in doc["defects"]]
+        with srv.client("reviewer") as c:
+            r = c.post(f"/v1/inspections/{doc['id']}/reviews",
+                       json={"action": "remove_box", "index": 0})
+            assert r.status_code == 200, r.text
+        got = {}
+        for how in ("server", "store"):
+            if how == "server":
+                pull_from_server(srv.url, tmp_path / how, key="reviewer-secret")
+            else:
+                pull_from_store(srv.app.state.store, tmp_path / how)
+            assert validate_dir(tmp_path / how) == []
+            [item] = read_dataset(tmp_path / how).images
+            got[how] = [(b.label, tuple(pytest.approx(v, abs=0.01) for v in b.xyxy()))
+                        for b in item.boxes]
+    finally:
+        stop()
+    assert got["server"] == got["store"] == model[1:]

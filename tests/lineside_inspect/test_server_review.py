@@ -213,6 +213,53 @@ def test_review_flow_and_pull(launch, tmp_path: Path) -> None:
     assert [Path(r.file_name).stem for r in ds.images] == [b]  # reviewed, of that part only
 
 
+def test_remove_box_takes_out_one_false_detection_over_the_api(launch) -> None:
+    """A failed inspection with a false detection beside real defects: only a false_reject
+    then redrawing every real box got it out, the model's exact boxes lost (QA review,
+    session 55). ``remove_box`` with an ``index`` drops that box; a bad index is a 422
+    naming the range, and the last box is refused (use false_reject), nothing saved."""
+    srv = launch(store_pass_rate=1.0)
+    with srv.client("admin") as admin:
+        admin.put("/v1/recipes/strict", json={"name": "strict", "model": "deeppcb",
+                                              "default_min_score": 0.05})
+    docs = _inspect_some(srv)
+    doc = min((d for d in docs if d["verdict"] == "fail" and len(d["defects"]) >= 2),
+              key=lambda d: len(d["defects"]))
+    iid, model = doc["id"], [{"label": d["label"], "box": d["box"]} for d in doc["defects"]]
+    url = f"/v1/inspections/{iid}/reviews"
+    with srv.client("reviewer") as c:
+        r = c.post(url, json={"action": "remove_box", "index": 1, "seen_reviews": 0,
+                              "note": "glare"})
+        assert r.status_code == 200, r.text
+        assert r.json()["review_state"] == "corrected"
+        [rev] = r.json()["reviews"]
+        assert rev["action"] == "remove_box" and rev["note"] == "glare"
+        assert rev["boxes"] == model[:1] + model[2:]  # the others exactly as the model drew them
+        n = len(model) - 1
+        for body in ({"index": n}, {"index": 10**6}, {}):
+            r = c.post(url, json={"action": "remove_box", **body})
+            err = r.json()["error"]
+            assert r.status_code == 422 and err["code"] == "invalid_review", r.text
+            assert err["message"].startswith(f"remove_box needs an index in 0..{n - 1} (the "
+                                             f"inspection has {n} box(es))"), err
+        for index in (-1, True, "0"):  # a box number is a JSON integer from 0
+            r = c.post(url, json={"action": "remove_box", "index": index})
+            assert r.status_code == 422 and "index" in r.text, (index, r.text)
+        for _ in range(n - 1):
+            assert c.post(url, json={"action": "remove_box", "index": 0}).status_code == 200
+        r = c.post(url, json={"action": "remove_box", "index": 0})
+        assert r.status_code == 422 and r.json()["error"]["message"].endswith(
+            "with no box: use false_reject: the part has no defect"), r.text
+        kept = c.get(f"/v1/inspections/{iid}").json()
+        assert [x["action"] for x in kept["reviews"]] == ["remove_box"] * n  # no refusal saved
+        assert kept["reviews"][-1]["boxes"] == model[-1:]
+        audit = c.get("/v1/reviews").json()
+        assert audit["total"] == n and {x["action"] for x in audit["items"]} == {"remove_box"}
+        stats = c.get("/v1/stats").json()  # a defective part still: no false reject
+        assert (stats["reviewed_fails"], stats["false_rejects_confirmed"]) == (1, 0), stats
+        assert stats["quality"]["false_rejects"] == 0
+
+
 def test_the_names_a_route_refuses_are_the_query_parameters_fastapi_reads() -> None:
     """``refuse_unknown`` reads a route's names from its signature, leaving out the request
     and the caller (``who``): they are exactly the query parameters FastAPI fills, so no

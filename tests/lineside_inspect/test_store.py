@@ -460,6 +460,61 @@ def test_every_review_keeps_at_most_1000_boxes_of_truth(tmp_path: Path, detector
     assert store.review(result.id, reviewer="s", action="confirm").reviews[-1].boxes == []
 
 
+def test_remove_box_drops_one_box_and_keeps_the_models_others(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """A false detection beside real defects could not be taken out alone: a false_reject
+    then redrawing every real box lost the model's exact boxes (QA review, session 55).
+    ``remove_box`` drops the box at ``index`` of the truth after the latest review; a bad
+    index names the range, and removing the last box is refused (a false_reject says the
+    part is good, and the false-reject figures count those), nothing saved."""
+    import numpy as np
+
+    from lineside_inspect.errors import ReviewError
+    from lineside_inspect.runtime.types import Detections
+
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    try:
+        result = _inspection(detector, "fail")
+        boxes = np.array([[10, 10, 40, 40], [100, 100, 130, 140], [200, 210, 260, 250]], np.float32)
+        result.defects = Detections(boxes, np.array([0.9, 0.4, 0.8]), np.array([0, 1, 2]),
+                                    detector.class_names)
+        assert store.save(result)
+        model = [{"label": d["label"], "box": d["box"]} for d in store.get(result.id).defects]
+        assert len(model) == 3
+        after = store.review(result.id, reviewer="qa", action="remove_box", index=1,
+                             note="glare, not a defect")
+        assert after.review_state == "corrected"
+        assert [(r.action, r.boxes) for r in after.reviews] == [
+            ("remove_box", [model[0], model[2]])]  # the model's own boxes, exactly
+        for bad in (2, 5, None):
+            with pytest.raises(ReviewError, match=r"remove_box needs an index in 0\.\.1 \(the "
+                                                  r"inspection has 2 box\(es\)\)"):
+                store.review(result.id, reviewer="qa", action="remove_box", index=bad)
+        # it follows the latest review: a box drawn after it is one more to remove
+        drawn = {"label": detector.class_names[3], "box": [300.0, 300.0, 320.0, 330.0]}
+        store.review(result.id, reviewer="qa", action="missed_defect", boxes=[drawn])
+        last = store.review(result.id, reviewer="qa", action="remove_box", index=0)
+        assert last.reviews[-1].boxes == [model[2], drawn]
+        store.review(result.id, reviewer="qa", action="remove_box", index=1)
+        with pytest.raises(ReviewError, match=r"would leave inspection .* with no box: use "
+                                              r"false_reject: the part has no defect"):
+            store.review(result.id, reviewer="qa", action="remove_box", index=0)
+        kept = store.get(result.id)
+        assert [r.action for r in kept.reviews] == ["remove_box", "missed_defect", "remove_box",
+                                                    "remove_box"]  # no refusal saved
+        assert kept.reviews[-1].boxes == [model[2]]
+        # still a defective part: a reviewed fail, no false reject
+        q = store.stats(24)["quality"]
+        assert (q["reviewed_fails"], q["false_rejects"]) == (1, 0), q
+        # what a false_reject leaves has no box to remove
+        store.review(result.id, reviewer="qa", action="false_reject")
+        with pytest.raises(ReviewError, match="has no boxes to remove"):
+            store.review(result.id, reviewer="qa", action="remove_box", index=0)
+        assert store.stats(24)["quality"]["false_rejects"] == 1
+    finally:
+        store.close()
+
+
 def test_startup_cleanup_keeps_images_a_database_that_is_not_theirs_does_not_know(
         tmp_path: Path, detector: Detector, database_url: str | None,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -895,3 +895,47 @@ def test_a_hub_review_in_the_parts_trail_says_it_is_the_hubs(browser: Any, box: 
     expect(trail.nth(1)).to_contain_text("reviewer: confirm")
     expect(trail.nth(1)).not_to_contain_text("(hub)")
     assert trail.nth(0).locator("bdi").inner_text() == "qa"  # the name isolated, as before
+
+
+def test_one_false_detection_is_removed_by_keyboard_and_the_others_kept(
+        browser: Any, box: Running) -> None:
+    """A fail with a false detection beside real defects: the reviewer could only false
+    reject the part and draw every real box again, the model's boxes lost (QA review,
+    session 55). Each box but a last one has a Remove button, reached by Tab from its
+    box and pressed by Enter: a ``remove_box`` review sent with the page's CSRF token, the
+    focus kept on the list."""
+    from playwright.sync_api import expect
+
+    defects = [{"label": "short", "score": 0.91, "box": [10.0, 20.0, 30.0, 40.0]},
+               {"label": "open", "score": 0.42, "box": [100.0, 100.0, 140.0, 130.0]},
+               {"label": "short", "score": 0.88, "box": [200.0, 210.0, 260.0, 250.0]}]
+    iid = _fail(box.app.state.store, "GLARE", ["short", "open"], defects)
+    page = _context(browser).new_page()
+    _sign_in(page, box.url + "/review?part_id=GLARE")
+    expect(page.locator("#count")).to_have_text("1–1 of 1")
+    page.locator(".card").click()
+    items = page.locator("#d-defects li")
+    expect(items).to_have_count(3)
+    expect(items.locator("button", has_text="Remove")).to_have_count(3)
+    items.nth(1).focus()
+    page.keyboard.press("Tab")
+    remove = items.nth(1).get_by_role("button", name="remove box 2, open")
+    expect(remove).to_be_focused()
+    with page.expect_request(re.compile(r".*/v1/inspections/[0-9a-f]{32}/reviews$")) as sent:
+        page.keyboard.press("Enter")
+    assert sent.value.post_data_json == {"action": "remove_box", "index": 1, "seen_reviews": 0}
+    assert sent.value.headers.get("x-csrf-token"), sent.value.headers
+    expect(page.locator("#d-status")).to_have_text("saved: remove_box")
+    expect(items).to_have_count(2)
+    expect(items.nth(1)).to_be_focused()  # the box that took its place, not <body>
+    expect(page.locator("#d-reviews li").first).to_contain_text("remove box (2 defect(s) after)")
+    # down to one box: no Remove (a part with no defect is a false reject)
+    items.nth(0).get_by_role("button", name="remove box 1, short").click()
+    expect(page.locator("#d-status")).to_have_text("saved: remove_box")
+    expect(items).to_have_count(1)
+    expect(items.locator("button")).to_have_count(0)
+    close_contexts(browser)
+    with box.client("reviewer") as c:
+        doc = c.get(f"/v1/inspections/{iid}").json()
+    assert [r["action"] for r in doc["reviews"]] == ["remove_box", "remove_box"]
+    assert doc["reviews"][-1]["boxes"] == [{"label": "short", "box": [200.0, 210.0, 260.0, 250.0]}]

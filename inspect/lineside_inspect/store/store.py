@@ -231,7 +231,9 @@ class _QuotaFull:
     until: float
 
 
-ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel")
+# remove_box (session 55): one box of the truth dropped (a false detection beside real
+# defects); a fleet side of a release before it skips such a review, logged (docs/upgrading.md)
+ACTIONS = ("confirm", "false_reject", "missed_defect", "relabel", "remove_box")
 # reviews one inspection keeps: each review (and each box's resent batch) reads them all,
 # and a box sending 1,000 reviews of one inspection made each one cost more (37 ms at 500)
 MAX_REVIEWS = 100
@@ -2000,6 +2002,20 @@ class Store:
                     raise ReviewError(f"unknown class {label!r} (model classes: "
                                       f"{', '.join(row.class_names)})")
                 truth[index]["label"] = label
+            elif action == "remove_box":
+                # the false detection beside real defects goes, the model's other boxes kept
+                # as they are (a false_reject then redrawing every real box lost them)
+                if not truth:
+                    raise ReviewError(f"inspection {row.id} has no boxes to remove")
+                if index is None or not 0 <= index < len(truth):
+                    raise ReviewError(f"remove_box needs an index in 0..{len(truth) - 1} (the "
+                                      f"inspection has {len(truth)} box(es)), got {index}")
+                if len(truth) == 1:
+                    # no box left is a good part: a false reject says so, and the false-reject
+                    # figures (stats.review_quality, the rollout watch) count those
+                    raise ReviewError(f"remove_box would leave inspection {row.id} with no "
+                                      "box: use false_reject: the part has no defect")
+                del truth[index]
             if len(truth) > MAX_TRUTH_BOXES:  # any action: a confirm keeps every detection
                 raise ReviewError(f"inspection {row.id} would hold {len(truth)} boxes; an "
                                   f"inspection's truth holds at most {MAX_TRUTH_BOXES} (what "

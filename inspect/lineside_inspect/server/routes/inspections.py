@@ -228,7 +228,8 @@ class ReviewIn(BaseModel, extra="forbid"):
     boxes: list[ReviewBox] | None = Field(None, max_length=1000,
                                           description="missed_defect: the boxes the model missed")
     # strict: JSON's true, 1.0 or "1" is no box number (lax pydantic took true as box 1)
-    index: StrictInt | None = Field(None, ge=0, description="relabel: which box")
+    index: StrictInt | None = Field(None, ge=0, description=(
+        "relabel, remove_box: which box of the truth after the latest review (0-based)"))
     label: OneLine | None = Field(None, max_length=128, description="relabel: the new class")
     note: Text = Field("", max_length=2000)  # lines are fine, a NUL is not
     seen_reviews: StrictInt | None = Field(None, ge=0, le=10**6, description=(

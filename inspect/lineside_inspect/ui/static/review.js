@@ -441,15 +441,23 @@ function render() {
     ? [`passed by the unchanged gate: the frame matched its golden image everywhere${o.reference.difference === null || o.reference.difference === undefined ? "" : ` (difference ${Number(o.reference.difference).toFixed(1)})`}, the detector did not run`] : [];
   $("#d-reasons").textContent = [...o.reasons.map((r) => r.message), ...gate].join(" · ");
   const truth = truthOf(o);
+  // (a box removed, here or by another reviewer: the selection stays on the list)
+  if (state.box >= truth.length) state.box = Math.max(0, truth.length - 1);
   // the list is drawn anew: the item focused (Enter on it, or c, b with it focused) was
   // removed and focus fell to <body>, Tab starting over from the page's top
   const inList = $("#d-defects").contains(document.activeElement);
   $("#d-defects").replaceChildren(...truth.map((d, i) => {
     // the class isolated (bdi): a right-to-left one read the box backwards, [40, 30, 20, 10]
+    // each box but a last one has its own remove button (Tab reaches it; Enter or Space
+    // presses it): a false detection beside real defects goes, the model's other boxes
+    // kept (a false reject, then every real box drawn again, lost them: session 55). The
+    // last box is no box to remove: the part is good, a false reject (f) says so
+    const rm = truth.length > 1 ? [el("button", { type: "button", class: "rm", "aria-label": `remove box ${i + 1}, ${d.label}` }, "Remove")] : [];
     const li = el("li", { class: i === state.box ? "sel" : "", tabindex: 0 }, i === state.box ? "▶ " : "", el("bdi", {}, d.label),
-                  `${d.score !== undefined ? " " + Number(d.score).toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`);
+                  `${d.score !== undefined ? " " + Number(d.score).toFixed(2) : ""} [${d.box.map(Math.round).join(", ")}]`, ...(rm.length ? [" ", ...rm] : []));
     li.onclick = () => { state.box = i; render(); };
-    li.onkeydown = (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); state.box = i; render(); } };
+    li.onkeydown = (e) => { if (e.target === li && (e.key === "Enter" || e.key === " ")) { e.preventDefault(); state.box = i; render(); } };
+    if (rm.length) rm[0].onclick = (e) => { e.stopPropagation(); state.box = i; review({ action: "remove_box", index: i }); };
     return li;
   }));
   // a review the fleet hub's reviewer made says so, as the shift's tally does ("qa (hub)"):
