@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
 from lineside_inspect.dataset import import_dataset, read_dataset
-from lineside_inspect.dataset.exif import orientation
+from lineside_inspect.dataset.exif import as_stored, orientation
 from lineside_inspect.errors import DatasetError
 
 from .test_dataset_import_findings import _jpg, _messages, _voc_xml, _yolo
@@ -245,6 +245,32 @@ def test_exif_orientation_is_read_in_either_byte_order(tmp_path: Path, order: st
     _exif_jpeg(tmp_path / "a.jpg", 6, order)
     assert orientation((tmp_path / "a.jpg").read_bytes()) == 6
     assert orientation(b"\xff\xd8\xff\xe1\x00\x10Exif\x00\x00MM\x00*\xff\xff") == 1  # cut short
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("kind", [4, 8, 9])  # LONG, SSHORT, SLONG
+def test_an_exif_orientation_of_another_integer_type_is_read_and_set_as_stored(
+        kind: int, order: str) -> None:
+    """Some writers store the orientation as a LONG (or a signed type) rather than the
+    standard's SHORT. PIL's ``exif_transpose`` and OpenCV (which reads the entry's first
+    two bytes, whatever its type) turn such a JPEG; Lineside read it as "as stored", so an
+    import said nothing and `data pull` left the tag (review, session 55): the pulled frame
+    still read turned in OpenCV, every box off its defect. Now it is read, and set to 1."""
+    fmt = {4: "I", 8: "h", 9: "i"}[kind]
+    ok, buf = cv2.imencode(".jpg", np.full((96, 128, 3), 128, np.uint8))
+    assert ok
+    mark = b"II" if order == "<" else b"MM"
+    tiff = (mark + struct.pack(order + "HI", 42, 8) + struct.pack(order + "H", 1)
+            + struct.pack(order + "HHI", 0x0112, kind, 1)
+            + struct.pack(order + fmt, 6).ljust(4, b"\x00") + struct.pack(order + "I", 0))
+    app1 = b"Exif\x00\x00" + tiff
+    data = buf.tobytes()[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + buf.tobytes()[2:]
+    assert orientation(data) == 6
+    fixed = as_stored(data)
+    assert len(fixed) == len(data) and orientation(fixed) == 1
+    assert fixed[len(data) - len(buf) + 2:] == buf.tobytes()[2:]  # the picture's bytes untouched
+    decoded = cv2.imdecode(np.frombuffer(fixed, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (96, 128, 3)  # as stored, not turned
 
 
 def test_yolo_warns_of_jpegs_shown_turned(tmp_path: Path) -> None:

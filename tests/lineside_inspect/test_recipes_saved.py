@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,35 @@ def test_a_recipe_version_means_one_set_of_rules_for_good(tmp_path: Path) -> Non
         with srv.client("reviewer") as c:  # the verdict stored under version 3 still says so
             r = c.get(f"/v1/inspections/{judged}")
             assert r.status_code == 200 and r.json()["recipe"] == {"name": "deeppcb", "version": "3"}
+
+
+def test_a_hand_edited_versions_file_neither_stops_a_start_nor_fails_a_put(tmp_path: Path) -> None:
+    """``<data_dir>/recipes/.versions/NAME.json`` edited by hand (review, session 55): a
+    version of 5,000 digits went through ``int`` in ``version_key``, past Python's limit of
+    4,300 digits: a ValueError traceback at every start and a 500 on every put of the
+    recipe; a pipe put in its place was waited on for ever at start. Such entries (and a
+    digest that is no digest) are left out, logged; the file's real versions still hold."""
+    from lineside_inspect.recipes.schema import Recipe, rules_digest
+
+    configured = {"name": "deeppcb", "version": "1", "model": "deeppcb", "min_size_px": 8,
+                  "max_count": {}, "critical": ["open", "short"]}  # configs/recipes/deeppcb.yaml
+    kept = tmp_path / "recipes" / ".versions" / "deeppcb.json"
+    kept.parent.mkdir(parents=True)
+    kept.write_text(json.dumps({"format_version": 1, "recipe": "deeppcb", "versions": {
+        "7" * 5000: "0" * 64, "8" * 65: "0" * 64, "2": {"nested": [1]}, "5": 12,
+        "1": rules_digest(Recipe.model_validate(configured)), "9": "0" * 64}}))
+    with _served(tmp_path) as srv, srv.client("admin") as c:
+        r = c.put("/v1/recipes/deeppcb", json={**configured, "version": "9"})
+        assert r.status_code == 409, r.text  # (a real entry: version 9 judged with other rules)
+        assert r.json()["error"]["message"].startswith(
+            "recipe deeppcb version 9 judged here before with other rules"), r.text
+        r = c.put("/v1/recipes/deeppcb", json={**configured, "version": "2", "min_size_px": 20})
+        assert r.status_code == 200, r.text
+    doc = json.loads(kept.read_text())["versions"]
+    assert sorted(doc) == ["1", "2", "9"], sorted(map(len, doc))  # (rewritten without them)
+
+    kept.unlink()
+    os.mkfifo(kept)  # nobody writes to it
+    with _served(tmp_path) as srv:
+        assert _recipes(srv)["deeppcb"]["version"] == "2"
+    assert kept.is_file() and "1" in json.loads(kept.read_text())["versions"]

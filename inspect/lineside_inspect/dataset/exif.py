@@ -29,6 +29,11 @@ TURNS = {
     8: "turned 90° anticlockwise",
 }
 SWAPS_SIDES = frozenset({5, 6, 7, 8})  # shown as height x width
+# the TIFF types an orientation value is read as, by PIL (any integer type) and OpenCV
+# (the entry's first two bytes, whatever its type): SHORT as the standard says, and the
+# LONG, SSHORT and SLONG some writers use (a LONG 6 was read as stored here and turned by
+# both, so a pulled frame kept reading turned; review, session 55)
+INT_TYPES = {3: "H", 4: "I", 8: "h", 9: "i"}
 
 
 def orientation(data: bytes) -> int:
@@ -47,13 +52,14 @@ def as_stored(data: bytes) -> bytes:
     entry = _orientation_entry(data)
     if entry is None or entry[0] not in TURNS:
         return data
-    _, at, order = entry
-    return data[:at] + struct.pack(order + "H", 1) + data[at + 2:]
+    _, at, fmt = entry
+    one = struct.pack(fmt, 1)
+    return data[:at] + one + data[at + len(one):]
 
 
 def _orientation_entry(data: bytes) -> tuple[int, int, str] | None:
     """IFD0's orientation entry of a JPEG's first EXIF segment: (its value, where in
-    ``data`` the value's two bytes are, the TIFF byte order); None without one."""
+    ``data`` the value is, its struct format with the TIFF byte order); None without one."""
     if not data.startswith(b"\xff\xd8"):
         return None
     try:
@@ -73,7 +79,8 @@ def _orientation_entry(data: bytes) -> tuple[int, int, str] | None:
 
 def _tiff_orientation(tiff: bytes) -> tuple[int, int, str] | None:
     """The orientation entry of IFD0 of EXIF's TIFF structure: (its value, where in
-    ``tiff`` the value is, the byte order); None when absent or unreadable."""
+    ``tiff`` the value is, its struct format with the byte order); None when absent or
+    unreadable."""
     order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if order is None:
         return None
@@ -83,9 +90,10 @@ def _tiff_orientation(tiff: bytes) -> tuple[int, int, str] | None:
         for i in range(min(count, MAX_IFD_ENTRIES)):
             start = ifd + 2 + 12 * i
             tag, kind, _, value = struct.unpack(order + "HHI4s", tiff[start:start + 12])
-            if tag == ORIENTATION_TAG and kind == 3:  # SHORT
-                (found,) = struct.unpack(order + "H", value[:2])
-                return found, start + 8, order
+            if tag == ORIENTATION_TAG and kind in INT_TYPES:
+                fmt = order + INT_TYPES[kind]
+                (found,) = struct.unpack_from(fmt, value)
+                return found, start + 8, fmt
     except struct.error:  # cut short: as stored
         return None
     return None

@@ -17,22 +17,29 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import stat
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import is_name
-from lineside_inspect.recipes.schema import Recipe, rules_digest, version_key
+from lineside_inspect.recipes.schema import Recipe, RecipeVersion, rules_digest, version_key
 
 log = logging.getLogger("lineside")
 
 SAVED_FORMAT = 1
 VERSIONS_FORMAT = 1
+# a versions file past this is not one Lineside wrote (an entry is about 140 bytes)
+MAX_VERSIONS_BYTES = 4 << 20
+_VERSION = TypeAdapter(RecipeVersion)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -97,19 +104,28 @@ class SavedRecipes:
         judging now still holds)."""
         path = self._versions_file(name)
         try:
-            doc = json.loads(path.read_text())
+            doc = json.loads(_read_small(path))
             if not isinstance(doc, dict) or doc.get("format_version") != VERSIONS_FORMAT:
                 raise ValueError(f"format_version must be {VERSIONS_FORMAT}")
             versions = doc.get("versions")
             if not isinstance(versions, dict):
                 raise ValueError("no versions")
-            return {str(v): str(d) for v, d in versions.items()}
         except FileNotFoundError:
             return {}
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
             log.warning("recipe %s: the versions that judged are not read: %s (file %s)", name,
                         exc if not isinstance(exc, RecursionError) else "nested too deeply", path)
             return {}
+        # an entry that is no recipe version and digest (edited by hand: a version of
+        # 5,000 digits was a ValueError past Python's int digit limit in version_key, a
+        # 500 on every put and a traceback at every start; review, session 55) is left out
+        kept = {v: d for v, d in versions.items() if _is_version(v)
+                and isinstance(d, str) and _DIGEST.fullmatch(d)}
+        if len(kept) < len(versions):
+            log.warning("recipe %s: %d entry(ies) of its versions file are not a version with "
+                        "a rules digest: left out (file %s)", name,
+                        len(versions) - len(kept), path)
+        return kept
 
     def remember(self, name: str, *recipes: Recipe) -> None:
         """Keep the versions of ``recipes`` (of ``name``) as ones that judged, with their
@@ -204,3 +220,31 @@ class SavedRecipes:
                             path.stem, exc if not isinstance(exc, RecursionError)
                             else "nested too deeply", path)
         return [saved for _, saved in sorted(found, key=lambda f: (f[0], f[1].recipe.name))]
+
+
+def _is_version(value: object) -> bool:
+    """Whether ``value`` is a recipe's version as a put or a file gives one."""
+    try:
+        _VERSION.validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+def _read_small(path: Path) -> str:
+    """A versions file's text: a regular file of at most :data:`MAX_VERSIONS_BYTES`, else
+    ValueError (a pipe put in its place was waited on for ever at start; a link to a
+    device or a file of gigabytes read whole)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            size += len(chunk)
+            if size > MAX_VERSIONS_BYTES:
+                raise ValueError(f"larger than {MAX_VERSIONS_BYTES} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(fd)

@@ -86,6 +86,11 @@ class AnomalyRule(BaseModel):
         return self
 
 
+# a recipe's version: one line of at most 64 characters (a kept one read back is held to
+# it too: recipes/saved.py ``judged``)
+RecipeVersion = Annotated[OneLine, Field(min_length=1, max_length=64)]
+
+
 class Recipe(BaseModel):
     """Rules turning detections into a verdict.
 
@@ -104,7 +109,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
     name: Name
-    version: OneLine = Field("1", min_length=1, max_length=64)
+    version: RecipeVersion = "1"
     model: Name = Field(..., description="model package name (card name)")
     model_version: Name | None = Field(None, description="pin a version; default: the active one")
     min_score: dict[str, Score] = Field(default_factory=dict)
