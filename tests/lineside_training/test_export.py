@@ -126,6 +126,83 @@ def test_runtime_reloads_package_and_batches(package: Path) -> None:
         assert small.xyxy[:, 2].max() <= 480 and small.xyxy[:, 3].max() <= 320
 
 
+def test_the_card_records_what_it_was_exported_from_and_the_server_loads_it(
+        package: Path, tiny_run: Path) -> None:
+    """Export review, session 55: the card named neither the checkpoint the graph was made
+    from nor the set the parity gate (and --int8's calibration and figures) ran on, nor
+    the exporter's versions. Its ``training.export`` does, and the registry the server
+    loads packages through still loads it and judges a board with it."""
+    import onnxruntime
+    import torch
+
+    from lineside_inspect.server.registry import Registry
+    from lineside_training.checkpoint import load_trained
+
+    card = json.loads((package / "model.json").read_text())
+    made = card["training"]["export"]
+    trained = load_trained(tiny_run, "cpu")
+    assert trained.checkpoint_file is not None
+    assert made["checkpoint"] == {"file": str(trained.checkpoint_file.resolve()),
+                                  "sha256": sha256_file(trained.checkpoint_file)}
+    assert made["checked_on"] == {
+        "data": str(SAMPLE.resolve()), "annotations_sha256": sha256_file(SAMPLE / "annotations.json"),
+        "split": "val", "images": len(read_dataset(SAMPLE).in_split("val"))}
+    assert made["parity"] == {"images": 8, "mismatches": 0, "iou_at_least": 0.99,
+                              "score_within": 1e-3, "both_ways": True,
+                              "runtime": f"onnxruntime {onnxruntime.__version__} "
+                                         "['CPUExecutionProvider']"}
+    assert (made["opset"], made["torch"], made["onnxruntime"]) == (
+        17, torch.__version__, onnxruntime.__version__)
+    detector = Registry(device="cpu", threads=1).load_model(package)
+    board = read_image(sorted((SAMPLE / "images").rglob("*_test.jpg"))[0])
+    assert len(detector.predict([board])) == 1
+
+
+def test_the_parity_gate_refuses_a_graph_that_counts_defects_torch_does_not(
+        package: Path, tiny_run: Path) -> None:
+    """Export review, session 55: parity was checked from torch's side alone, so a graph
+    that counted defects torch did not (a part torch passes, failed on the line) passed
+    it: even one beside a torch model that finds nothing. The tiny run's own model,
+    its scores zeroed, against the graph exported from it: every box the graph counts
+    is named."""
+    import torch
+    from torch import nn
+
+    from lineside_training.checkpoint import load_trained
+    from lineside_training.export import parity_report
+    from lineside_training.models.postprocess import detections_per_image
+
+    class Blind(nn.Module):  # the same weights, scoring every location 0
+        def __init__(self, model: nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def decode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            boxes, scores = self.model.decode(images)  # type: ignore[operator]
+            return boxes, scores * 0
+
+        def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            return detections_per_image(*self.decode(images))
+
+    trained = load_trained(tiny_run, "cpu")
+    dataset = read_dataset(SAMPLE)
+    records = [r for r in dataset.in_split("val") if r.boxes][:2]
+    detector = Detector(package, device="cpu", threads=1)
+    thresholds = detector.card.thresholds
+    assert parity_report(trained, detector, records, dataset, thresholds) == []
+    counted = sum(float(s) >= thresholds[detector.class_names[c]]
+                  and (b[2] - b[0]) * (b[3] - b[1]) >= 1  # (the gate skips a box under 1 px²)
+                  for rec in records
+                  for d in detector.predict(*runtime_inputs(detector, dataset, rec))
+                  for b, c, s in zip(d.xyxy, d.class_ids, d.scores, strict=True))
+    assert counted > 0
+    trained.model = Blind(trained.model)
+    problems = parity_report(trained, detector, records, dataset, thresholds)
+    assert len(problems) == counted
+    assert all(re.fullmatch(r"group\d+/\d+_test\.jpg: ONNX [a-z-]+ [01]\.\d{3} at \[.+\] "
+                            r"unmatched \(no detection of that class\)", p) for p in problems), problems
+
+
 def test_tampered_graph_is_refused(package: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(package, bad)
@@ -220,6 +297,8 @@ def test_int8_export_end_to_end(evaluated: tuple[Path, dict[str, Any]], package:
         return
     q = summary["quantization"]
     assert q["precision"] == "int8" and q["speedup"] > 0
+    # which images calibrated it, named (session 55)
+    assert q["calibration_files"] == [r.file_name for r in dataset.in_split("val")[:8]]
     assert abs(q["map50_change"]) <= 0.01
     # what the int8 graph counts otherwise than fp32 at the card's thresholds, recounted
     # here through the runtime, image by image (mAP alone let an int8 graph pass a part
@@ -335,6 +414,43 @@ def test_a_run_with_one_defect_per_place_exports_it_and_scores_alike(
         assert "above IoU 0.3 count once" in (tmp_path / report / "summary.md").read_text()
     for key in ("escapes", "false_rejects", "confusion", "defect_recall", "defect_precision"):
         assert by_run["quality"][key] == by_package["quality"][key], key
+
+
+def test_a_refused_export_leaves_no_folder_and_a_full_disk_names_the_package(
+        evaluated: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """Export review, session 55: an export refused after its package was staged (here a
+    corrupt image of --data's val, met by the parity gate) removed the package but left
+    the models/NAME folder made for it, empty. And a disk that filled while the graph was
+    written said only "No space left on device" (onnx's writer names no file; checked by
+    hand on a 1 MB tmpfs): it names the package folder."""
+    import errno
+
+    from lineside_inspect.errors import ImageError
+    from lineside_training.package_writer import staged_package
+
+    data = tmp_path / "set"
+    (data / "images").mkdir(parents=True)
+    doc = json.loads((SAMPLE / "annotations.json").read_text())
+    val = [dict(i) for i in doc["images"] if i["split"] == "val" and "_test" in i["file_name"]][:2]
+    for i in val:
+        i.pop("reference", None)
+        i["file_name"] = Path(i["file_name"]).name
+        shutil.copyfile(next((SAMPLE / "images").rglob(i["file_name"])),
+                        data / "images" / i["file_name"])
+    (data / "images" / val[1]["file_name"]).write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    ids = {i["id"] for i in val}
+    (data / "annotations.json").write_text(json.dumps({
+        **doc, "images": val, "annotations": [a for a in doc["annotations"] if a["image_id"] in ids]}))
+    out = tmp_path / "models" / "tiny" / "1"
+    with pytest.raises(ImageError, match=re.escape(val[1]["file_name"])):
+        export(evaluated[0], out, data=data, parity_images=2)
+    assert not (tmp_path / "models").exists()
+    (tmp_path / "models").mkdir()  # one that was there stays
+    with pytest.raises(OSError) as caught, staged_package(out) as tmp:
+        (tmp / "model.onnx").write_bytes(b"part of a graph")
+        raise OSError(errno.ENOSPC, "No space left on device")  # as onnx.save raises it
+    assert (caught.value.filename, caught.value.errno) == (str(out), errno.ENOSPC)
+    assert [p.name for p in (tmp_path / "models").iterdir()] == []
 
 
 def test_overwrite_replaces_only_a_package_or_an_empty_folder(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lineside_inspect.boxes import iou_matrix
 from lineside_inspect.dataset import ImageRecord, read_dataset
+from lineside_inspect.dataset.canonical import ANNOTATIONS
 from lineside_inspect.dataset.stats import contrast_stats
 from lineside_inspect.errors import (
     ConfigError,
@@ -53,6 +54,7 @@ from lineside_training.checkpoint import Trained, load_trained, read_run_json
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
 from lineside_training.package_writer import (
+    OPSET,
     check_out,
     export_graph,
     package_name,
@@ -93,13 +95,17 @@ def export_onnx(model: nn.Module, size: int, path: Path, class_names: list[str])
 
 def parity_report(trained: Trained, detector: Detector, records: list[ImageRecord],
                   dataset: Any, thresholds: dict[str, float]) -> list[str]:
-    """Every torch detection above its threshold must have an ONNX twin (IoU >= 0.99, score
-    within 1e-3, same class). Returns the mismatches (empty when the export is faithful).
+    """Every detection above its threshold, torch's and the ONNX graph's alike, must have
+    a twin on the other side (IoU >= 0.99, score within 1e-3, same class). Returns the
+    mismatches (empty when the export is faithful). Both ways: checked from torch's side
+    alone, a graph that counted defects torch does not (a part torch passes, failed on the
+    line) passed the gate, even a graph beside a torch model that found nothing at all
+    (export review, session 55).
 
     One exception, because NMS itself is ambiguous there: when two overlapping boxes of a
     class have equal scores (within 1e-3), which one survives depends on float rounding
-    in the last digit, so an ONNX box of the same class and score that NMS would have
-    suppressed this one with (IoU > the NMS threshold) counts as its twin."""
+    in the last digit, so a box on the other side of the same class and score that NMS
+    would have suppressed this one with (IoU > the NMS threshold) counts as its twin."""
     device = next(trained.model.parameters()).device
     torch_preds = predict_records(trained.model, dataset, records, trained.class_names,
                                   size=trained.config.input_size, device=device,
@@ -107,24 +113,36 @@ def parity_report(trained: Trained, detector: Detector, records: list[ImageRecor
     problems = []
     for rec, tp in zip(records, torch_preds, strict=True):
         det = detector.predict(*runtime_inputs(detector, dataset, rec))[0]
-        for box, score, label in zip(tp.boxes, tp.scores, tp.labels, strict=True):
-            if score < thresholds[trained.class_names[label]]:
-                continue
-            if (box[2] - box[0]) * (box[3] - box[1]) < MIN_PARITY_AREA:
-                # a box under a pixel in area (an untrained model's, clipped at the image
-                # edge) is no defect; which of its equal-score twins NMS keeps is float luck
-                continue
-            same = det.class_ids == label
-            ious = iou_matrix(box[None], det.xyxy[same])[0]
-            # identical degenerate (zero-area) boxes have IoU 0: compare coordinates too
-            close = np.abs(det.xyxy[same] - box).max(axis=1, initial=0) <= 1e-2
-            same_score = np.abs(det.scores[same] - score) <= PARITY_SCORE
-            ok = ((ious >= PARITY_IOU) | close) & same_score
-            tie = (ious > IOU_THRESHOLD) & same_score
-            if not ok.any() and not tie.any():
-                best = f"best IoU {ious.max():.3f}" if len(ious) else "no detection of that class"
-                problems.append(f"{rec.file_name}: torch {trained.class_names[label]} "
-                                f"{score:.3f} at {np.round(box, 1).tolist()} unmatched ({best})")
+        onnx = Prediction(det.xyxy, det.scores, det.class_ids)
+        for side, mine, theirs in (("torch", tp, onnx), ("ONNX", onnx, tp)):
+            problems += [f"{rec.file_name}: {side} {said}"
+                         for said in _unmatched(mine, theirs, trained.class_names, thresholds)]
+    return problems
+
+
+def _unmatched(mine: Prediction, theirs: Prediction, class_names: list[str],
+               thresholds: dict[str, float]) -> list[str]:
+    """``mine``'s detections above their class's threshold with no twin in ``theirs``
+    (:func:`parity_report`'s rule), as "CLASS SCORE at BOX unmatched (...)"."""
+    problems = []
+    for box, score, label in zip(mine.boxes, mine.scores, mine.labels, strict=True):
+        if score < thresholds[class_names[label]]:
+            continue
+        if (box[2] - box[0]) * (box[3] - box[1]) < MIN_PARITY_AREA:
+            # a box under a pixel in area (an untrained model's, clipped at the image
+            # edge) is no defect; which of its equal-score twins NMS keeps is float luck
+            continue
+        same = theirs.labels == label
+        ious = iou_matrix(box[None], theirs.boxes[same])[0]
+        # identical degenerate (zero-area) boxes have IoU 0: compare coordinates too
+        close = np.abs(theirs.boxes[same] - box).max(axis=1, initial=0) <= 1e-2
+        same_score = np.abs(theirs.scores[same] - score) <= PARITY_SCORE
+        ok = ((ious >= PARITY_IOU) | close) & same_score
+        tie = (ious > IOU_THRESHOLD) & same_score
+        if not ok.any() and not tie.any():
+            best = f"best IoU {ious.max():.3f}" if len(ious) else "no detection of that class"
+            problems.append(f"{class_names[label]} {score:.3f} at {np.round(box, 1).tolist()} "
+                            f"unmatched ({best})")
     return problems
 
 
@@ -456,7 +474,8 @@ def export(
                                "licence": dataset.info.get("licence")},
                       "config": cfg.model_dump(),
                       "epochs_trained": trained.checkpoint.get("epoch", 0) + 1,
-                      "model": cfg.model},
+                      "model": cfg.model,
+                      "export": export_provenance(trained, dataset, val)},
             lineage=lineage_of(trained, parent),
             sha256=sha256_file(fp32), lineside_version=__version__,
         )
@@ -467,6 +486,11 @@ def export(
             raise PackageError("export parity gate failed: ONNX and torch disagree:\n  "
                                + "\n  ".join(problems[:20]))
         summary["parity_images"] = min(parity_images, len(val))
+        card.training["export"]["parity"] = {
+            "images": summary["parity_images"], "mismatches": 0, "iou_at_least": PARITY_IOU,
+            "score_within": PARITY_SCORE, "both_ways": True,
+            "runtime": f"onnxruntime {_ort_version()} {detector.session.providers}"}
+        write_card(tmp, card)
         if int8 or fp16:
             base_preds = runtime_predictions(detector, val, dataset, tiling)
             base_map = coco_metrics(val, base_preds, trained.class_names)["map50"]
@@ -494,6 +518,9 @@ def export(
                                  "latency_of": LATENCY_OF,
                                  "speedup": base_ms / low_ms, "calibration_images":
                                  min(calibration_images, len(val)) if int8 else 0,
+                                 # which ones: the first of the checked set's val images
+                                 "calibration_files": [r.file_name for r in
+                                                       val[:calibration_images]] if int8 else [],
                                  # on the val images, at the card's thresholds: the card's
                                  # metrics are the fp32 graph's
                                  "counted_vs_fp32": changes}
@@ -518,6 +545,36 @@ def export(
     if notes:
         summary["notes"] = notes
     return summary
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def export_provenance(trained: Trained, dataset: Any, val: list[ImageRecord]) -> dict[str, Any]:
+    """What the card's ``training.export`` records of the export itself: the checkpoint
+    the graph was made from (its sha256), the set it was checked on (``--data``, or the
+    run's own: the parity gate, int8 calibration and the ``quantization`` figures are of
+    its val images), and the exporter's versions and opset. Before, a card named neither
+    the checkpoint nor the set: a package exported with ``--data`` showed quantization
+    figures of an unnamed set (export review, session 55). The parity gate's figures are
+    added once it has passed."""
+    root = Path(dataset.root) if dataset.root is not None else None
+    annotations = root / ANNOTATIONS if root is not None else None
+    return {
+        "checkpoint": {"file": str(trained.checkpoint_file.resolve())
+                       if trained.checkpoint_file is not None else None,
+                       "sha256": trained.sha256},
+        "checked_on": {"data": str(root.resolve()) if root is not None else None,
+                       "annotations_sha256": sha256_file(annotations)
+                       if annotations is not None and annotations.is_file() else None,
+                       "split": "val" if dataset.in_split("val") else "all",
+                       "images": len(val)},
+        "opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": _ort_version(),
+    }
 
 
 def blank_floor(dataset: Any) -> tuple[int | None, str | None]:

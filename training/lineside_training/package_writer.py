@@ -124,10 +124,22 @@ def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
     an error the package must load as the server will see it, and then replaces ``out``
     (without ``replace``: takes its place only if nothing is there, checked by creating
     it, so a folder that appeared meanwhile is never removed). On any error (a failed
-    gate included) the temp folder is removed and ``out`` is left as it was."""
+    gate included) the temp folder is removed and ``out`` is left as it was, and so are
+    the folders above it: those made for it are removed again while empty (a refused
+    export left an empty ``models/NAME``: export review, session 55). An OSError that
+    names no file (a full disk's, from the graph's writer) is raised naming ``out``."""
+    made_above = []  # the folders above ``out`` made here, deepest first
+    for folder in (out.parent, *out.parent.parents):
+        if os.path.lexists(folder):
+            break
+        made_above.append(folder)
     out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: a rename, not a copy
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     made = False
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except BaseException:
+        _remove_empty(made_above)
+        raise
     try:
         yield tmp
         load_package(tmp)  # the final package must verify as the server will see it
@@ -142,12 +154,26 @@ def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
         elif out.exists():
             shutil.rmtree(out)
         tmp.rename(out)  # over our own empty folder; fails if anything was put in it
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if made:
             with contextlib.suppress(OSError):  # only while still empty: then it is ours
                 out.rmdir()
+        _remove_empty(made_above)
+        if isinstance(exc, OSError) and exc.filename is None and exc.strerror:
+            # "error: No space left on device", and where was not said
+            raise OSError(exc.errno, exc.strerror, str(out)) from exc
         raise
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """``folders`` (deepest first) removed while empty: a folder something was put in
+    meanwhile, and every one above it, stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 def rewrite_card(package: Path, doc: dict[str, Any]) -> None:
