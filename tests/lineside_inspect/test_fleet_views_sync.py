@@ -4,6 +4,7 @@ SQLite store) forwarding to it, both served by uvicorn on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from lineside_inspect.config import ApiKey
+from lineside_inspect.errors import HubUnavailable
 from lineside_inspect.fleet.box.client import HubClient
 from lineside_inspect.fleet.box.reviews import ReviewSync
 from lineside_inspect.fleet.config import FleetSettings
@@ -532,7 +534,10 @@ def test_a_removed_box_goes_up_to_the_hub_and_down_to_the_box(hub: Hub, box: Run
         sync = box.app.state.fleet_reviews
 
         def synced(c: httpx.Client, last: tuple[str, str]) -> bool:
-            sync.sync_once()
+            # a round the hub did not answer within the box's timeout_s (3 s: a loaded CI
+            # host) is the next poll's to do, as the loop retries it
+            with contextlib.suppress(HubUnavailable):
+                sync.sync_once()
             return _reviews(c, iid)[-1:] == [last]
 
         wait_for("the box's remove_box on the hub",
