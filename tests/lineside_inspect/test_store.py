@@ -490,6 +490,9 @@ def test_remove_box_drops_one_box_and_keeps_the_models_others(
             with pytest.raises(ReviewError, match=r"remove_box needs an index in 0\.\.1 \(the "
                                                   r"inspection has 2 box\(es\)\)"):
                 store.review(result.id, reviewer="qa", action="remove_box", index=bad)
+        # a review that names no box says so, not Python's "got None" (session 55)
+        with pytest.raises(ReviewError, match=r"box\(es\)\), no index given$"):
+            store.review(result.id, reviewer="qa", action="remove_box")
         # it follows the latest review: a box drawn after it is one more to remove
         drawn = {"label": detector.class_names[3], "box": [300.0, 300.0, 320.0, 330.0]}
         store.review(result.id, reviewer="qa", action="missed_defect", boxes=[drawn])

@@ -2009,7 +2009,8 @@ class Store:
                     raise ReviewError(f"inspection {row.id} has no boxes to remove")
                 if index is None or not 0 <= index < len(truth):
                     raise ReviewError(f"remove_box needs an index in 0..{len(truth) - 1} (the "
-                                      f"inspection has {len(truth)} box(es)), got {index}")
+                                      f"inspection has {len(truth)} box(es)), "
+                                      + ("no index given" if index is None else f"got {index}"))
                 if len(truth) == 1:
                     # no box left is a good part: a false reject says so, and the false-reject
                     # figures (stats.review_quality, the rollout watch) count those
