@@ -147,15 +147,13 @@ class SavedRecipes:
         raising the version, and stored verdicts naming that version would stand for two
         rule sets, as a PUT of it is refused (session 55)."""
         for source, recipe in recipes:
-            digest, key = rules_digest(recipe), version_key(recipe.version)
-            for version, was in self.judged(recipe.name).items():
-                if version_key(version) == key and was != digest:
-                    raise ConfigError(
-                        f"{source}: recipe {recipe.name} version {recipe.version} judged on "
-                        f"this server before with other rules (kept in "
-                        f"{self._versions_file(recipe.name)}), and stored verdicts name the "
-                        "version that judged them: give the changed rules a version of their "
-                        "own (raise 'version' in the file), or put the rules back")
+            if judged_otherwise(self.judged(recipe.name), recipe) is not None:
+                raise ConfigError(
+                    f"{source}: recipe {recipe.name} version {recipe.version} judged on "
+                    f"this server before with other rules (kept in "
+                    f"{self._versions_file(recipe.name)}), and stored verdicts name the "
+                    "version that judged them: give the changed rules a version of their "
+                    "own (raise 'version' in the file), or put the rules back")
 
     def remember_configured(self, recipes: list[Recipe]) -> None:
         """:meth:`remember` each configured recipe's version, so that a later edit of its
@@ -220,6 +218,16 @@ class SavedRecipes:
                             path.stem, exc if not isinstance(exc, RecursionError)
                             else "nested too deeply", path)
         return [saved for _, saved in sorted(found, key=lambda f: (f[0], f[1].recipe.name))]
+
+
+def judged_otherwise(judged: dict[str, str], recipe: Recipe) -> str | None:
+    """The version in ``judged`` (version -> :func:`rules_digest`) that is ``recipe``'s
+    (one place by :func:`version_key`: ``3`` and ``03``) and judged with other rules than
+    it holds; None when none did. The one rule of a PUT (``server/routes/admin.py``) and
+    of a configured file at start (:meth:`SavedRecipes.check_configured`)."""
+    digest, key = rules_digest(recipe), version_key(recipe.version)
+    return next((v for v, was in judged.items() if version_key(v) == key and was != digest),
+                None)
 
 
 def _is_version(value: object) -> bool:

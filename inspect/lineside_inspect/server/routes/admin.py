@@ -24,7 +24,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.names import Name, Text
 from lineside_inspect.package import confine
 from lineside_inspect.recipes import Recipe
-from lineside_inspect.recipes.saved import SavedRecipes
+from lineside_inspect.recipes.saved import SavedRecipes, judged_otherwise
 from lineside_inspect.recipes.schema import rules_digest, version_key
 from lineside_inspect.server.deps import Admin, RegistryDep, RoleFirstRoute, SettingsDep
 from lineside_inspect.server.responses import (
@@ -266,21 +266,20 @@ def _check_version(recipe: Recipe, before: Recipe | None, judged: dict[str, str]
     known = dict(judged)
     if before is not None:
         known.setdefault(before.version, rules_digest(before))
-    digest, key = rules_digest(recipe), version_key(recipe.version)
-    now = "" if before is None else f" (version {before.version} judges now)"
-    for version, was in known.items():
-        if version_key(version) == key and was != digest:
-            if before is not None and version == before.version:
-                raise RecipeVersionNotRaised(
-                    f"recipe {recipe.name} version {version} is the one judging now, with "
-                    f"other rules: a changed recipe needs a version above {version} (stored "
-                    "verdicts name the version that judged them); nothing was changed")
+    version = judged_otherwise(known, recipe)
+    if version is not None:
+        if before is not None and version == before.version:
             raise RecipeVersionNotRaised(
-                f"recipe {recipe.name} version {version} judged here before with other "
-                f"rules{now}: a changed recipe needs a version of its own (stored verdicts "
-                "name the version that judged them); nothing was changed")
-    if before is not None and known.get(recipe.version) != digest \
-            and key < version_key(before.version):
+                f"recipe {recipe.name} version {version} is the one judging now, with "
+                f"other rules: a changed recipe needs a version above {version} (stored "
+                "verdicts name the version that judged them); nothing was changed")
+        now = "" if before is None else f" (version {before.version} judges now)"
+        raise RecipeVersionNotRaised(
+            f"recipe {recipe.name} version {version} judged here before with other "
+            f"rules{now}: a changed recipe needs a version of its own (stored verdicts "
+            "name the version that judged them); nothing was changed")
+    if before is not None and known.get(recipe.version) != rules_digest(recipe) \
+            and version_key(recipe.version) < version_key(before.version):
         raise RecipeVersionNotRaised(
             f"recipe {recipe.name} version {recipe.version} is below version "
             f"{before.version}, the one judging now: a recipe put in its place needs a version "
