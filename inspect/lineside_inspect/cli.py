@@ -763,6 +763,11 @@ def export_cmd(
     data: Annotated[str | None, typer.Option(help="dataset for parity/calibration")] = None,
     int8: Annotated[bool, typer.Option(help="static int8 quantisation")] = False,
     fp16: Annotated[bool, typer.Option(help="fp16 for GPU deployment")] = False,
+    calibration_images: Annotated[int, typer.Option(min=1, help=(
+        "--int8: at most this many val images calibrate it, sampled across val's groups "
+        "and good/defective parts and classes (fewer than 16 is said in a note)"))] = 64,
+    calibration_seed: Annotated[int, typer.Option(min=0, help=(
+        "--int8: the seed of that sample (recorded in the card)"))] = 0,
     max_defects_lost: Annotated[float, typer.Option(min=0.0, max=1.0, help=(
         "--int8/--fp16: the share of the defects the fp32 graph counts on val that the "
         "lower-precision graph may miss (a part fp32 fails that it passes is always "
@@ -807,7 +812,8 @@ def export_cmd(
         raise ConfigError("give --out PACKAGE_FOLDER (or --triton REPO to write a package for Triton)")
     s = training().export(run, out_dir, data=data, int8=int8, fp16=fp16, overwrite=overwrite,
                           parent=parent, max_defects_lost=max_defects_lost, tile=tile,
-                          overlap=overlap)
+                          overlap=overlap, calibration_images=calibration_images,
+                          calibration_seed=calibration_seed)
     for note in s.get("notes", []):
         err.print(f"note: {note}", highlight=False, markup=False)
     out.print_json(json.dumps(s))

@@ -297,6 +297,8 @@ def export(run: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     if options.pop("int8", False) or options.pop("fp16", False):
         raise ConfigError(f"{run}: a good-only model exports in fp32 only (no --int8/--fp16)")
     options.pop("max_defects_lost", None)  # a lower precision's bound: fp32 has none
+    options.pop("calibration_images", None)  # --int8's sample: fp32 has none
+    options.pop("calibration_seed", None)
     if options.pop("tile", None) is not None or options.pop("overlap", None) is not None:
         raise ConfigError(f"{run}: a good-only model judges the whole frame (no --tile)")
     return export_anomaly(run, out, **options)

@@ -50,6 +50,11 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.tiles import MAX_TILE, Tiling
 from lineside_inspect.version import __version__
 from lineside_training.calibration import calibrate_f
+from lineside_training.calibration_sample import (
+    CALIBRATION_SEED,
+    calibration_record,
+    calibration_sample,
+)
 from lineside_training.checkpoint import Trained, load_trained, read_run_json
 from lineside_training.metrics import coco_metrics
 from lineside_training.models.postprocess import IOU_THRESHOLD, MAX_DETECTIONS, select_detections
@@ -382,6 +387,7 @@ def export(
     int8: bool = False,
     fp16: bool = False,
     calibration_images: int = 64,
+    calibration_seed: int = CALIBRATION_SEED,
     latency_runs: int = 20,
     max_map_drop: float = 0.01,
     max_defects_lost: float = 0.01,
@@ -397,7 +403,9 @@ def export(
     ``overlap``): the card's recipe judges frames larger than ``tile`` px as tiles
     (:func:`tiling_for`; the card is then of format :data:`TILING_FORMAT`), and the
     lower-precision figures are of frames judged so. ``latency_runs``: the forward passes
-    timed per graph for the card's fp32 and lower-precision p50 (their median)."""
+    timed per graph for the card's fp32 and lower-precision p50 (their median).
+    ``calibration_images`` of val (at most) calibrate ``int8``, sampled with
+    ``calibration_seed`` across its groups and kinds of part (:func:`calibration_sample`)."""
     out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config
@@ -497,8 +505,15 @@ def export(
             base_ms = _latency_ms(detector, cfg.input_size, latency_runs)
             shutil.copyfile(fp32, tmp / "model.fp32.onnx")
             lowp = tmp / "model.lowp.onnx"
+            calib: dict[str, Any] = {"calibration_images": 0, "calibration_files": []}
             if int8:
-                quantize_int8(fp32, lowp, detector, val[:calibration_images], dataset, tiling)
+                chosen = calibration_sample(val, calibration_images, calibration_seed,
+                                            cfg.reference)
+                calib, thin = calibration_record(chosen, val, calibration_seed, cfg.reference)
+                if thin:  # said in the output's notes and kept in the card
+                    calib["calibration_notes"] = thin
+                    notes += thin
+                quantize_int8(fp32, lowp, detector, chosen, dataset, tiling)
             else:
                 convert_fp16(fp32, lowp)
             lowp.replace(fp32)
@@ -516,11 +531,9 @@ def export(
                                  "p50_ms_fp32": base_ms, "p50_ms": low_ms,
                                  # per forward pass: a tiled frame takes one per tile
                                  "latency_of": LATENCY_OF,
-                                 "speedup": base_ms / low_ms, "calibration_images":
-                                 min(calibration_images, len(val)) if int8 else 0,
-                                 # which ones: the first of the checked set's val images
-                                 "calibration_files": [r.file_name for r in
-                                                       val[:calibration_images]] if int8 else [],
+                                 "speedup": base_ms / low_ms,
+                                 # which val images, how chosen, of which groups and kinds
+                                 **calib,
                                  # on the val images, at the card's thresholds: the card's
                                  # metrics are the fp32 graph's
                                  "counted_vs_fp32": changes}
@@ -534,11 +547,18 @@ def export(
             write_card(tmp, card)
             (tmp / "model.fp32.onnx").unlink()
             summary["quantization"] = card.quantization
-            if int8 and base_map - low_map > max_map_drop:
-                raise PackageError(
-                    f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to {low_map:.4f} "
-                    f"(more than {max_map_drop * 100:.1f} points){judged}")
-            _check_counted(card.precision, changes, max_defects_lost, notes, judged)
+            try:
+                if int8 and base_map - low_map > max_map_drop:
+                    raise PackageError(
+                        f"int8 graph refused: mAP@.5 fell from {base_map:.4f} to "
+                        f"{low_map:.4f} (more than {max_map_drop * 100:.1f} points){judged}")
+                _check_counted(card.precision, changes, max_defects_lost, notes, judged)
+            except PackageError as exc:
+                if not calib.get("calibration_notes"):
+                    raise
+                # a thin calibration is a likely cause, and the card that said so is not kept
+                raise PackageError(f"{exc.message}; note: "
+                                   + "; ".join(calib["calibration_notes"])) from None
     summary["sha256"] = card.sha256
     if tiling is not None:
         summary["tiling"] = tiling.model_dump()
