@@ -24,6 +24,7 @@ from pydantic import TypeAdapter
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
+from lineside_inspect.recipes.schema import RecipeRegions
 from lineside_inspect.schemas import InspectionDetail, InspectionResult, TimeText
 from lineside_inspect.server.responses import (
     CameraHealth,
@@ -94,6 +95,7 @@ EDGE_OPERATIONS = {
     "GET /v1/recipes": "list_recipes",
     "DELETE /v1/recipes/{name}": "delete_recipe",
     "PUT /v1/recipes/{name}": "put_recipe",
+    "GET /v1/recipes/{name}/regions": "recipe_regions",
     "GET /v1/references": "list_references",
     "DELETE /v1/references/{name}": "delete_reference",
     "GET /v1/references/{name}": "get_reference",
@@ -283,6 +285,9 @@ def test_answers_validate_against_their_declared_models(
         ("line", "POST", "/v1/inspect", "/v1/inspect", jpeg, 200, InspectionResult),
         ("admin", "GET", "/v1/models", "/v1/models", {}, 200, list[LoadedModel]),
         ("admin", "GET", "/v1/recipes", "/v1/recipes", {}, 200, list[ListedRecipe]),
+        ("reviewer", "GET", "/v1/recipes/deeppcb-default/regions",
+         "/v1/recipes/{name}/regions", {},
+         200, RecipeRegions),
         ("admin", "PUT", "/v1/references/board", "/v1/references/{name}", jpeg, 200, StoredReference),
         ("line", "GET", "/v1/references", "/v1/references", {}, 200, ReferenceList),
         ("reviewer", "GET", "/v1/cameras", "/v1/cameras", {}, 200, list[CameraHealth]),

@@ -114,6 +114,10 @@ class _Scripted:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.asked.append(self.path)
+                if self.path.startswith("/v1/recipes/"):
+                    # a recipe's regions (session 56): none, as a release before the route
+                    self.send_error(404)
+                    return
                 if self.path.startswith("/v1/inspections?"):
                     offset = int(self.path.split("offset=")[1].split("&")[0])
                     listed = page(offset)  # type: ignore[operator]

@@ -91,6 +91,19 @@ class AnomalyRule(BaseModel):
 RecipeVersion = Annotated[OneLine, Field(min_length=1, max_length=64)]
 
 
+class RecipeRegions(BaseModel):
+    """Where one version of a recipe judges a frame: its ``roi`` and ``ignore`` polygons
+    (``GET /v1/recipes/{name}/regions``, a reviewer's). ``lineside data pull`` reads it
+    to paint out what the recipe never judged (store/pull_regions.py): a detection there
+    was never counted nor shown, so the area is no known background."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    name: Name
+    version: RecipeVersion
+    roi: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
+    ignore: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
+
+
 class Recipe(BaseModel):
     """Rules turning detections into a verdict.
 

@@ -45,10 +45,12 @@ from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import BIDI_RE, CONTROL_RE, NAME_RULE, is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import ANOMALY_LABEL
+from lineside_inspect.recipes.schema import RecipeRegions
 from lineside_inspect.runtime.reference import shift_onto
 from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.models import InspectionRow
+from lineside_inspect.store.pull_regions import Regions, Source, painted, store_source, unjudged
 from lineside_inspect.store.pull_rules import left_out_why  # (the rules: one place)
 from lineside_inspect.store.pull_rules import located as _located
 from lineside_inspect.store.store import REFS_DIR, Store
@@ -322,8 +324,10 @@ class _Placing:
     not decode or is not its record's size, a golden that is not the one its record
     names by sha256, went into the set (session 41)."""
 
-    def __init__(self, tmp: Path, keep_anomaly: bool = False) -> None:
+    def __init__(self, tmp: Path, regions: Source, keep_anomaly: bool = False) -> None:
         self.tmp = tmp  # the staging folder (:func:`_staging`)
+        # where each recipe judged: the rest of a frame is painted out (pull_regions.py)
+        self.regions = Regions(regions)
         # ``anomaly`` boxes kept as a class (``data pull --keep-anomaly``): the line's
         # defects for a good-only model's evaluation, which a good-only station's review
         # page can label with nothing else (adversarial read, session 50)
@@ -398,7 +402,14 @@ class _Placing:
         if rec is None:
             self._drop(image, golden)
             return
-        if isinstance(data, bytes) and not isinstance(aligned, Path):
+        out = self._paint_out(item, rec, image, data, golden, shift)
+        if isinstance(out, str):
+            self.skip(item["id"], out)
+            self._drop(image, golden)
+            return
+        if out is not None:
+            image, golden, data = out
+        elif isinstance(data, bytes) and not isinstance(aligned, Path):
             data = _upright(image, data)
         # (``anomaly``, a good-only model's one class, labels no box pulled: anomaly_labelled)
         self.classes += [n for n in item["class_names"]
@@ -409,10 +420,52 @@ class _Placing:
             _with_reference(self.records, self.refs, rec, golden)
         else:
             self.records.append(rec)
-        # the bytes as written: as read (:func:`_upright`), or the aligned frame's PNG
-        written = image.read_bytes() if isinstance(aligned, Path) else data
+        # the bytes as written: as read (:func:`_upright`), painted out, or the aligned PNG
+        written = image.read_bytes() if isinstance(aligned, Path) and out is None else data
         self.pictures.setdefault(hashlib.sha256(written if isinstance(written, bytes) else b"")
                                  .hexdigest(), []).append((_last_word(item), rec))
+
+    def _paint_out(self, item: dict[str, Any], rec: ImageRecord, image: Path,
+                   data: bytes | str, golden: Path | None, shift: tuple[float, float] | None,
+                   ) -> tuple[Path, Path | None, bytes] | str | None:
+        """``rec``'s frame (staged at ``image``) and its golden painted out where its
+        recipe never judged (pull_regions.py), as (frame, golden, the frame's bytes), the
+        record renamed to the PNG; None when there is nothing to paint (no regions, or
+        the whole frame judged), or why it cannot be. Regions not known are noted."""
+        area = self.regions.of(item)
+        if area is False:
+            self.regions.note_unknown(item, rec.file_name)
+            return None
+        if area is None or isinstance(area, bool):
+            return None
+        mask = unjudged(area, rec.width, rec.height, shift, rec.boxes)
+        if mask is None:
+            return None
+        frame = image.read_bytes() if rec.aligned is not None else data
+        if isinstance(frame, str):
+            return frame
+        target = self.tmp / "painted" / f"{item['id']}.png"
+        try:
+            got = painted(frame, mask, target)
+            ref: bytes | str | None = None
+            if golden is not None and not isinstance(got, str):
+                ref = _read(golden, "golden image")
+                if not isinstance(ref, str):
+                    ref = painted(ref, mask, self.tmp / "painted" / f"{item['id']}.golden.png")
+        except ImageError as exc:
+            return f"painting out where its recipe never judged: {exc.message}"
+        if isinstance(got, str) or isinstance(ref, str):
+            return str(got if isinstance(got, str) else ref)
+        image.unlink()  # (the frame as staged: a link to the store's file is never written to)
+        rec.source, rec.file_name = target, f"{rec.file_name.rsplit('.', 1)[0]}.png"
+        self.regions.masked.append(rec.file_name)
+        if ref is None:
+            return target, None, got
+        # (named by its content, as a stored golden: pairs whose masks agree share it)
+        staged = self.tmp / REFS_DIR / f"{hashlib.sha256(ref).hexdigest()}.png"
+        if not staged.exists():
+            (self.tmp / "painted" / f"{item['id']}.golden.png").replace(staged)
+        return target, staged, got
 
     def _one_picture_once(self) -> None:
         """Of byte-identical pulled frames (one picture inspected twice: a line client's
@@ -501,8 +554,9 @@ class _Placing:
             if ref.source is not None:
                 _upright_golden(ref.source)
         left_out = len(self.skipped) + sum(map(len, self.unlearnable.values()))
-        return write_dataset(_dataset(self.records, self.classes, origin, asked, left_out), dst,
-                             overwrite=overwrite)
+        dataset = _dataset(self.records, self.classes, origin, asked, left_out)
+        dataset.info.update(self.regions.say({r.file_name for r in self.records}))
+        return write_dataset(dataset, dst, overwrite=overwrite)
 
 
 def _last_word(item: dict[str, Any]) -> tuple[Any, ...]:
@@ -642,7 +696,7 @@ def pull_from_store(store: Store, dst: str | Path, *, since: datetime | None = N
     held = recipe_filter(recipes)
     _check_dst(dst, overwrite)
     with _staging(dst) as tmp:
-        placing = _Placing(Path(tmp), keep_anomaly)
+        placing = _Placing(Path(tmp), store_source(store.data_dir / "recipes"), keep_anomaly)
         for rows in _stored_pages(store, since=since, reviewed=reviewed, part_id=part_id,
                                   recipes=held):
             for row in rows:
@@ -854,7 +908,7 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     with _staging(dst) as tmp, \
             httpx.Client(base_url=url, headers={**headers, **IDENTITY}, timeout=60) as c:
-        placing = _Placing(Path(tmp), keep_anomaly)
+        placing = _Placing(Path(tmp), lambda name: _regions(c, url, name), keep_anomaly)
         # (the list takes one recipe: one listing each, one after the other)
         listed = (item for recipe in recipes or (None,)
                   for item in _listed(c, url, since=since, reviewed=reviewed, part_id=part_id,
@@ -874,6 +928,29 @@ def _pull(url: str, dst: str | Path, *, key: str | None, since: datetime | None,
             else:
                 placing.no_image(item["id"], GONE)
         return placing.write(url, dst, overwrite, _asked(part_id, since, reviewed, recipes))
+
+
+def _regions(c: httpx.Client, url: str, name: str) -> RecipeRegions | None:
+    """The server's recipe ``name``'s regions and version (``GET
+    /v1/recipes/{name}/regions``); None when it does not say them (a recipe gone, a
+    server of a release before the route: 404; an answer that is not a Lineside one): its
+    frames are pulled whole, said at the end (``pull_regions.Regions.say``). Never a
+    reason to stop the pull: a proxy's page for a path it does not know is no defect."""
+    r = _get(c, url, f"/v1/recipes/{name}/regions", MAX_PAGE_BYTES)
+    if r.status_code != 200:
+        log.info("pull: recipe %s's regions not read (%d)", name, r.status_code)
+        return None
+    try:
+        got = RecipeRegions.model_validate_json(r.content)
+    except ValidationError as exc:
+        log.warning("pull: %s: recipe %s's regions are not a Lineside answer (%s): its "
+                    "frames are pulled whole", url, name, describe_validation(exc.errors()))
+        return None
+    if got.name != name:
+        log.warning("pull: %s: asked for recipe %s's regions, the server sent %s's: its "
+                    "frames are pulled whole", url, name, got.name)
+        return None
+    return got
 
 
 def _listed(c: httpx.Client, url: str, *, since: datetime | None,

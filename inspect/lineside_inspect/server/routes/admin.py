@@ -1,4 +1,5 @@
-"""Model and recipe management (admin role): list, load, activate, roll back, unload."""
+"""Model and recipe management (admin role; a recipe's regions: a reviewer's): list,
+load, activate, roll back, unload."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from lineside_inspect.names import Name, Text
 from lineside_inspect.package import confine
 from lineside_inspect.recipes import Recipe
 from lineside_inspect.recipes.saved import SavedRecipes, judged_otherwise
-from lineside_inspect.recipes.schema import rules_digest, version_key
-from lineside_inspect.server.deps import Admin, RegistryDep, RoleFirstRoute, SettingsDep
+from lineside_inspect.recipes.schema import RecipeRegions, rules_digest, version_key
+from lineside_inspect.server.deps import Admin, RegistryDep, Reviewer, RoleFirstRoute, SettingsDep
 from lineside_inspect.server.responses import (
     ActiveVersion,
     ListedRecipe,
@@ -190,6 +191,18 @@ def list_recipes(who: Admin, registry: RegistryDep, request: Request) -> list[Li
     return [ListedRecipe(**r.model_dump(), default=r.name == registry.default_recipe,
                          put_over_api=r.name in put)
             for r in registry.recipes()]
+
+
+@router.get("/recipes/{name}/regions", responses=errors(401, 403, 404, 422))
+def recipe_regions(name: Name, who: Reviewer, registry: RegistryDep) -> RecipeRegions:
+    """Where the recipe judging now under ``name`` looks (its ``roi`` and ``ignore``) and
+    its version: for a reviewer's ``lineside data pull``, which paints out what a
+    recipe never judged in the frames it pulls (a detection there was never counted nor
+    shown for review). Reviewers, not admins only: a pull's key is a reviewer's, and
+    these regions are drawn on the frames a reviewer sees anyway. 404 for no such recipe."""
+    recipe = registry.recipe(name)
+    return RecipeRegions(name=recipe.name, version=recipe.version, roi=recipe.roi,
+                         ignore=recipe.ignore)
 
 
 @router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413, 422))

@@ -1,0 +1,150 @@
+"""What ``lineside data pull`` does with the part of a frame its recipe never judged.
+
+A recipe's ``roi`` and ``ignore`` polygons decide which detections count (a box's centre
+inside a roi, outside every ignore): the model's boxes elsewhere were never stored, shown
+for review nor judged by anyone. Pulled as they were, those areas became background, and
+training learned a real defect outside the roi as a good part (an ML engineer's walk,
+session 56). The training format has no ignore regions (the loss, the evaluation and the
+exporters read boxes only), so the pull paints them out instead: each pixel the recipe
+never judged is set to the letterbox's pad value, the grey a detector already learns as
+nothing, in the frame and its golden alike; the truth's own boxes stay as they are (a
+reviewer's box drawn outside the roi is a defect someone saw). The frame is then written
+as PNG (lossless, as an aligned frame is) and the dataset's ``info`` says which.
+
+The regions are the recipe's of the version that judged: a server answers its recipes'
+(``GET /v1/recipes/{name}/regions``), a store folder its recipes put over the API. A
+version that is no longer the one judging (its rules are not kept, only their digest)
+or a recipe the pull cannot read is pulled whole, said in one warning line and in
+``info``: its frames may hold unlabelled areas.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lineside_inspect.dataset import Box
+from lineside_inspect.imageio import decode_image
+from lineside_inspect.opencv import cv2
+from lineside_inspect.package import PAD_VALUE
+from lineside_inspect.recipes.saved import SavedRecipes
+from lineside_inspect.recipes.schema import Recipe, RecipeRegions
+from lineside_inspect.runtime.anomaly_map import Looks, _looked_at
+from lineside_inspect.runtime.preprocess import Letterbox
+
+log = logging.getLogger("lineside.store")
+
+# what :class:`Regions` reads a recipe name's regions with: None when it cannot say
+Source = Callable[[str], RecipeRegions | None]
+
+
+def store_source(recipes_dir: Path) -> Source:
+    """The regions of a store folder's recipes put over the API (``recipes/NAME.json``);
+    a configured recipe's file is not in the folder: None (unknown) for it."""
+    saved: dict[str, Recipe] | None = None
+
+    def read(name: str) -> RecipeRegions | None:
+        nonlocal saved
+        if saved is None:
+            saved = {s.recipe.name: s.recipe for s in SavedRecipes(recipes_dir).load()} \
+                if recipes_dir.is_dir() else {}
+        recipe = saved.get(name)
+        return None if recipe is None else RecipeRegions(
+            name=recipe.name, version=recipe.version, roi=recipe.roi, ignore=recipe.ignore)
+
+    return read
+
+
+class Regions:
+    """The pull's word on each item's judged area, by its recipe (name, version), each
+    name read once; items whose regions are unknown are counted for the end."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.read: dict[str, RecipeRegions | None] = {}
+        self.unknown: dict[tuple[str, str], list[str]] = {}  # (recipe, version) -> file names
+        self.masked: list[str] = []  # file names of frames painted out
+
+    def of(self, item: dict[str, Any]) -> Looks | bool | None:
+        """``item``'s recipe's (roi, ignore) when it has any; None when it judges the whole
+        frame; False when that version's regions are not known here."""
+        name, version = str(item["recipe"]["name"]), str(item["recipe"]["version"])
+        if name not in self.read:
+            self.read[name] = self.source(name)
+        got = self.read[name]
+        if got is None or got.version != version:
+            return False
+        if not got.roi and not got.ignore:
+            return None
+        return (tuple(tuple(p) for p in got.roi), tuple(tuple(p) for p in got.ignore))
+
+    def note_unknown(self, item: dict[str, Any], file_name: str) -> None:
+        key = (str(item["recipe"]["name"]), str(item["recipe"]["version"]))
+        self.unknown.setdefault(key, []).append(file_name)
+
+    def say(self, kept: set[str]) -> dict[str, object]:
+        """The warning lines and the dataset ``info`` of what was painted out and what
+        could not be, of the frames ``kept`` in the set (file names)."""
+        info: dict[str, object] = {}
+        masked = [f for f in self.masked if f in kept]
+        if masked:
+            log.warning("pull: %d frame(s) painted out (grey %d) where their recipe's roi/"
+                        "ignore never judged them: a detection there was never counted nor "
+                        "reviewed, so it is no known background (e.g. %s)", len(masked),
+                        PAD_VALUE, masked[0])
+            info["outside_recipe_regions"] = {
+                "painted_out": masked, "fill": PAD_VALUE,
+                "why": "pixels the recipe's roi/ignore never judged: unlabelled, so painted "
+                       "out (the truth's boxes kept)"}
+        unknown = {k: [f for f in v if f in kept] for k, v in self.unknown.items()}
+        unknown = {k: v for k, v in unknown.items() if v}
+        if unknown:
+            said = ", ".join(f"{n} version {v} ({len(f)})" for (n, v), f in unknown.items())
+            log.warning("pull: %d frame(s) pulled whole, the regions (roi/ignore) of the recipe "
+                        "version that judged them not known here: %s; if it had a roi or "
+                        "ignore, their detections outside it are unlabelled (pull from the "
+                        "server that judged them while that version judges there)",
+                        sum(map(len, unknown.values())), said)
+            info["recipe_regions_unknown"] = {
+                f"{n}:{v}": f for (n, v), f in unknown.items()}
+        return info
+
+
+def judged(regions: Looks, width: int, height: int,
+           shift: tuple[float, float] | None) -> np.ndarray:
+    """The pixels of a ``width`` x ``height`` frame its recipe judged, by a box centre's
+    rule (even-odd, by pixel centre); ``shift``: the frame was moved onto its golden by
+    it (its pixel (x, y) was (x + dx, y + dy) in the frame the regions are drawn on)."""
+    dx, dy = shift or (0.0, 0.0)
+    lb = Letterbox(1.0, 0, 0, width, height, shift_x=dx, shift_y=dy)
+    return _looked_at(regions, lb, (height, width))
+
+
+def unjudged(regions: Looks, width: int, height: int, shift: tuple[float, float] | None,
+             boxes: list[Box]) -> np.ndarray | None:
+    """The pixels to paint out: not judged, and in none of ``boxes`` (the truth, in this
+    frame's pixels); None when there are none."""
+    out = ~judged(regions, width, height, shift)
+    for b in boxes:
+        # clamped at 0: a negative start would slice from the far edge
+        x1, y1 = max(0, int(np.floor(b.x1))), max(0, int(np.floor(b.y1)))
+        out[y1:max(0, int(np.ceil(b.y2))), x1:max(0, int(np.ceil(b.x2)))] = False
+    return out if out.any() else None
+
+
+def painted(data: bytes, mask: np.ndarray, path: Path) -> bytes | str:
+    """The image ``data`` with ``mask``'s pixels set to the pad value, written to ``path``
+    as PNG; its bytes, or why it could not be."""
+    image = decode_image(data)
+    image[mask] = PAD_VALUE
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        return "its frame painted out where its recipe never judged could not be encoded as PNG"
+    path.parent.mkdir(exist_ok=True)
+    out = buf.tobytes()
+    path.write_bytes(out)
+    return out

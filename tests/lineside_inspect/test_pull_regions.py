@@ -1,0 +1,178 @@
+"""`data pull` of a recipe with a `roi` and `ignore`: the area its recipe never judged
+(outside every roi, inside an ignore) held the model's boxes nobody counted nor reviewed,
+and was pulled as background: training learned those defects as good board (an ML
+engineer's walk, session 56). It is painted out now, in the frame and its golden alike,
+the truth's boxes kept; a version whose regions the pull cannot know is pulled whole and
+said. A real server with the bundled reference model and the sample's pair."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lineside_inspect.dataset import read_dataset, validate_dir
+from lineside_inspect.imageio import read_image
+from lineside_inspect.package import PAD_VALUE
+from lineside_inspect.store.pull import pull_from_server, pull_from_store
+
+from .conftest import ROOT, Running, keyed, start_server
+
+REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
+PAIR = ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041"
+LEFT = [[0, 0], [320, 0], [320, 640], [0, 640]]  # v1's roi: the left half
+IGNORE = [[80, 440], [140, 440], [140, 520], [80, 520]]  # a copper defect's place
+DRAWN = [538, 259, 594, 315]  # a reviewer's box outside the roi (the model's `open`)
+
+
+def _recipe(version: str, roi: list[list[int]], ignore: list[list[int]]) -> dict[str, Any]:
+    return {"name": "ref-roi", "version": version, "model": "deeppcb-ref", "roi": [roi],
+            "ignore": [ignore] if ignore else [], "min_size_px": 8}
+
+
+@pytest.fixture(scope="module")
+def station() -> Iterator[tuple[Running, dict[str, Any]]]:
+    """One pair judged under version 1 (left half, a copper defect's place ignored), a
+    reviewer drawing the `open` the roi left out; version 1 then replaced by version 2
+    (the top half), under which the pair is judged again and confirmed."""
+    srv, stop = start_server(keyed(models=[str(REF_MODEL)], store_pass_rate=1.0))
+    got: dict[str, Any] = {}
+    try:
+        with srv.client("admin") as c:
+            assert c.put("/v1/references/golden", content=(PAIR / "00041000_temp.jpg").read_bytes(),
+                         headers={"content-type": "image/jpeg"}).status_code == 200
+            for version, roi, ignore in (("1", LEFT, IGNORE),
+                                         ("2", [[0, 0], [640, 0], [640, 200], [0, 200]], [])):
+                r = c.put("/v1/recipes/ref-roi", json=_recipe(version, roi, ignore))
+                assert r.status_code == 200, r.text
+                r = c.post("/v1/inspect", params={"recipe": "ref-roi", "reference": "golden"},
+                           files={"image": ("f.jpg", (PAIR / "00041000_test.jpg").read_bytes(),
+                                            "image/jpeg")})
+                assert r.status_code == 200 and r.json()["stored"], r.text
+                got[version] = r.json()
+        # v1 counted only what lies in the left half and outside the ignored square
+        assert got["1"]["verdict"] == "fail"
+        assert all((d["box"][0] + d["box"][2]) / 2 < 320 for d in got["1"]["defects"])
+        with srv.client("reviewer") as c:
+            r = c.post(f"/v1/inspections/{got['1']['id']}/reviews",
+                       json={"action": "missed_defect",
+                             "boxes": [{"label": "open", "box": DRAWN}]})
+            assert r.status_code == 200, r.text
+            r = c.post(f"/v1/inspections/{got['2']['id']}/reviews", json={"action": "confirm"})
+            assert r.status_code == 200, r.text
+        srv.app.state.store.flush()
+        yield srv, got
+    finally:
+        stop()
+
+
+def _pull(srv: Running, how: str, dst: Path) -> None:
+    if how == "server":
+        pull_from_server(srv.url, dst, key="reviewer-secret")
+    else:
+        pull_from_store(srv.app.state.store, dst)
+
+
+def test_a_reviewer_reads_a_recipes_regions_a_viewer_does_not(
+        station: tuple[Running, dict[str, Any]]) -> None:
+    srv, _ = station
+    with srv.client("reviewer") as c:
+        r = c.get("/v1/recipes/ref-roi/regions")
+        assert r.status_code == 200 and r.json() == {
+            "name": "ref-roi", "version": "2", "ignore": [],
+            "roi": [[[0.0, 0.0], [640.0, 0.0], [640.0, 200.0], [0.0, 200.0]]]}, r.text
+        assert c.get("/v1/recipes/nope/regions").status_code == 404
+        assert c.get("/v1/recipes/..x/regions").status_code == 422
+    with srv.client("viewer") as c:
+        assert c.get("/v1/recipes/ref-roi/regions").status_code == 403
+    with srv.client() as c:
+        assert c.get("/v1/recipes/ref-roi/regions").status_code == 401
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_what_the_recipe_never_judged_is_painted_out_not_background(
+        station: tuple[Running, dict[str, Any]], how: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    srv, got = station
+    with caplog.at_level(logging.INFO, logger="lineside"):
+        _pull(srv, how, tmp_path / "pulled")
+    assert validate_dir(tmp_path / "pulled") == []
+    ds = read_dataset(tmp_path / "pulled")
+    by_id = {Path(r.file_name).stem: r for r in ds.images if r.reference is not None}
+    sent = read_image(PAIR / "00041000_test.jpg")
+    golden = read_image(PAIR / "00041000_temp.jpg")
+    # version 2 judges now: its frame is painted below y = 200, its golden alike
+    rec = by_id[got["2"]["id"]]
+    assert rec.file_name.endswith(".png")
+    frame = read_image(tmp_path / "pulled" / "images" / rec.file_name)
+    ref = read_image(tmp_path / "pulled" / "images" / str(rec.reference))
+    judged = np.zeros(frame.shape[:2], dtype=bool)
+    judged[:200] = True
+    for b in rec.boxes:  # (the truth's boxes are kept whole, any reaching below 200)
+        judged[int(b.y1):int(np.ceil(b.y2)), int(b.x1):int(np.ceil(b.x2))] = True
+    assert np.array_equal(frame[judged], sent[judged])
+    assert np.array_equal(ref[judged], golden[judged])
+    assert (frame[~judged] == PAD_VALUE).all() and (ref[~judged] == PAD_VALUE).all()
+    # a defect the model saw below 200 (the `short` at x 457..494, y 303..398) is no
+    # background in the set any more: grey, as the letterbox's border
+    assert (frame[303:398, 457:494] == PAD_VALUE).all()
+    assert [b.label for b in rec.boxes] == [d["label"] for d in got["2"]["defects"]]
+    # version 1's rules are not kept (a version is one set of rules, only its digest is
+    # kept): pulled whole, as stored, and said in the log and the dataset's info
+    old = by_id[got["1"]["id"]]
+    assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name), sent)
+    info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
+    assert info["outside_recipe_regions"]["painted_out"] == [rec.file_name]
+    assert info["recipe_regions_unknown"] == {"ref-roi:1": [old.file_name]}
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("1 frame(s) painted out" in m for m in said), said
+    assert any("pulled whole" in m and "ref-roi version 1 (1)" in m for m in said), said
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_a_reviewers_box_outside_the_roi_is_kept_and_the_ignored_area_painted(
+        tmp_path: Path, how: str) -> None:
+    """Pulled while version 1 still judges: its left half is kept, the ignored square
+    and the right half painted, but for the box a reviewer drew there."""
+    srv, stop = start_server(keyed(models=[str(REF_MODEL)], store_pass_rate=1.0))
+    try:
+        with srv.client("admin") as c:
+            assert c.put("/v1/references/golden", content=(PAIR / "00041000_temp.jpg").read_bytes(),
+                         headers={"content-type": "image/jpeg"}).status_code == 200
+            assert c.put("/v1/recipes/ref-roi", json=_recipe("1", LEFT, IGNORE)).status_code == 200
+            r = c.post("/v1/inspect", params={"recipe": "ref-roi", "reference": "golden"},
+                       files={"image": ("f.jpg", (PAIR / "00041000_test.jpg").read_bytes(),
+                                        "image/jpeg")})
+            assert r.status_code == 200, r.text
+            made = r.json()
+        with srv.client("reviewer") as c:
+            assert c.post(f"/v1/inspections/{made['id']}/reviews", json={
+                "action": "missed_defect",
+                "boxes": [{"label": "open", "box": DRAWN}]}).status_code == 200
+        srv.app.state.store.flush()
+        _pull(srv, how, tmp_path / "pulled")
+    finally:
+        stop()
+    assert validate_dir(tmp_path / "pulled") == []
+    rec = next(r for r in read_dataset(tmp_path / "pulled").images if r.reference is not None)
+    frame = read_image(tmp_path / "pulled" / "images" / rec.file_name)
+    sent = read_image(PAIR / "00041000_test.jpg")
+    assert [b.xyxy() for b in rec.boxes if b.label == "open"] == [tuple(map(float, DRAWN))]
+    x1, y1, x2, y2 = DRAWN
+    assert np.array_equal(frame[y1:y2, x1:x2], sent[y1:y2, x1:x2])  # the reviewer's box
+    assert np.array_equal(frame[:, :300], np.where(  # the left half, but the ignored square
+        _square(frame.shape, IGNORE)[:, :300, None], PAD_VALUE, sent[:, :300]))
+    assert (frame[469:497, 90:128] == PAD_VALUE).all()  # the copper the recipe ignored
+    assert (frame[303:398, 457:494] == PAD_VALUE).all()  # the `short` right of the roi
+
+
+def _square(shape: tuple[int, ...], polygon: list[list[int]]) -> np.ndarray:
+    out = np.zeros(shape[:2], dtype=bool)
+    (x1, y1), (x2, y2) = polygon[0], polygon[2]
+    out[y1:y2, x1:x2] = True
+    return out
