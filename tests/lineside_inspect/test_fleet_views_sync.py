@@ -4,7 +4,6 @@ SQLite store) forwarding to it, both served by uvicorn on loopback."""
 
 from __future__ import annotations
 
-import contextlib
 import re
 import signal
 import subprocess
@@ -122,6 +121,35 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 20) -> Any:
         time.sleep(0.1)
 
 
+def _try_round(sync: ReviewSync) -> tuple[int, int] | None:
+    """One round of a box's review sync; None when the hub did not answer it within the
+    box's ``timeout_s`` (3 s: a loaded CI host): that round is the next poll's, as the
+    box's loop retries it (the outbox and the cursor keep a retried round from sending or
+    applying anything twice)."""
+    try:
+        return sync.sync_once()
+    except HubUnavailable:
+        return None
+
+
+def _round(sync: ReviewSync) -> tuple[int, int]:
+    """A round of a box's review sync the hub answered, retried as the box's loop retries
+    it: (reviews the hub took, hub reviews applied), with those of a try the hub cut short
+    (a sync's own counts; another thread's rounds, a running loop's, would count too)."""
+    cut = [0, 0]
+
+    def attempt() -> tuple[int, int] | None:
+        sent, applied = sync.sent, sync.applied
+        got = _try_round(sync)
+        if got is None:
+            cut[0] += sync.sent - sent
+            cut[1] += sync.applied - applied
+        return got
+
+    up, down = wait_for("a review sync round the hub answered", attempt, timeout=60)
+    return up + cut[0], down + cut[1]
+
+
 def _inspect(box: Running, image_bytes: bytes) -> str:
     with box.client("line") as c:
         r = c.post("/v1/inspect?camera_id=cam1", content=image_bytes,
@@ -175,7 +203,7 @@ def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
         assert b.get(f"/v1/inspections/{iid}").json()["review_state"] == "corrected"
         outbox = Outbox(box.app.state.store.engine, BOX, "fleet-reviews")
         assert outbox.backlog() == 0
-        box.app.state.fleet_reviews.sync_once()
+        _round(box.app.state.fleet_reviews)
         assert len(_reviews(q, iid)) == 2
 
         # concurrent edits: both sides review before either hears of the other; the later
@@ -185,7 +213,7 @@ def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
         for c, action, note in ((b, "confirm", "box"), (q, "false_reject", "hub")):
             c.post(f"/v1/inspections/{iid}/reviews", json={"action": action, "note": note}
                    ).raise_for_status()
-        sync.sync_once()
+        _round(sync)
         for c in (b, q):
             got = c.get(f"/v1/inspections/{iid}").json()
             assert [r["note"] for r in got["reviews"]][-2:] == ["box", "hub"]
@@ -205,7 +233,7 @@ def test_reviews_both_ways_status_and_the_plant_view(hub: Hub, box: Running,
         finally:
             hub.start()
         q = hub.client()
-        sync.sync_once()
+        _round(sync)
         assert outbox.backlog() == 0
         got = q.get(f"/v1/inspections/{iid}").json()
         assert got["reviews"][-1]["note"] == "offline" and got["review_state"] == "confirmed"
@@ -234,9 +262,9 @@ def test_every_hub_task_of_a_box_is_in_its_metrics(hub: Hub, box: Running,
     with box.client("reviewer") as b:
         b.post(f"/v1/inspections/{iid}/reviews", json={"action": "confirm"}).raise_for_status()
     sync = box.app.state.fleet_reviews
-    sync.sync_once()  # its loop may have been stopped by another test
+    _round(sync)  # its loop may have been stopped by another test
     q.post(f"/v1/inspections/{iid}/reviews", json={"action": "false_reject"}).raise_for_status()
-    sync.sync_once()
+    _round(sync)
     got = _metrics(box)
     assert got[("lineside_fleet_reviews_sent_total", ())] >= 1
     assert got[("lineside_fleet_reviews_applied_total", ())] >= 1
@@ -257,7 +285,7 @@ def test_every_hub_task_of_a_box_is_in_its_metrics(hub: Hub, box: Running,
         assert _metrics(box)[("lineside_fleet_reviews_backlog", ())] == 1
     finally:
         hub.start()
-    sync.sync_once()
+    _round(sync)
     for task in ("forward", "status"):
         wait_for(f"{task} back", lambda task=task: _metrics(box)[_task(  # type: ignore[misc]
             "consecutive_failures", task)] == 0)
@@ -390,14 +418,14 @@ def test_a_box_review_survives_kill_9_and_goes_up(hub: Hub, tmp_path: Path) -> N
     client = HubClient(FleetSettings(hub_url=hub.url, token=HUB_KEYS["box-p"]), "box-p")  # type: ignore[arg-type]
     try:
         sync = ReviewSync(store, client)
-        assert sync.sync_once() == (1, 0)
+        assert _round(sync) == (1, 0)
         with hub.client() as q:
             got = q.get(f"/v1/inspections/{record['id']}").json()
             assert [(r["note"], r["action"]) for r in got["reviews"]] == [("before kill", "false_reject")]
             q.post(f"/v1/inspections/{record['id']}/reviews", json={"action": "confirm"}).raise_for_status()
-        assert sync.sync_once() == (0, 1)
+        assert _round(sync) == (0, 1)
         assert store.get(record["id"]).review_state == "confirmed"
-        assert sync.sync_once() == (0, 0)  # nothing echoed, nothing twice
+        assert _round(sync) == (0, 0)  # nothing echoed, nothing twice
     finally:
         client.close()
         store.close()
@@ -534,10 +562,7 @@ def test_a_removed_box_goes_up_to_the_hub_and_down_to_the_box(hub: Hub, box: Run
         sync = box.app.state.fleet_reviews
 
         def synced(c: httpx.Client, last: tuple[str, str]) -> bool:
-            # a round the hub did not answer within the box's timeout_s (3 s: a loaded CI
-            # host) is the next poll's to do, as the loop retries it
-            with contextlib.suppress(HubUnavailable):
-                sync.sync_once()
+            _try_round(sync)  # one the hub did not answer in time is the next poll's
             return _reviews(c, iid)[-1:] == [last]
 
         wait_for("the box's remove_box on the hub",

@@ -73,6 +73,17 @@ def _first_page(browser: Any, box: Running, total: int) -> tuple[Any, Any]:
     return browser, page
 
 
+def _open_card(page: Any, count: str = "1–1 of 1") -> None:
+    """Open the list's one card by a click, once ``#count`` reads ``count`` (the list the
+    page asked for, not one shown until its answer came), and wait for the part to open
+    (its title focused)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#count")).to_have_text(count)
+    page.locator(".card").click()
+    expect(page.locator("#d-title")).to_be_focused()
+
+
 def test_confirm_all_confirms_the_parts_its_dialog_counted(browser: Any, box: Running) -> None:
     """n, then Shift+C before the next page came: the dialog counted the page on screen,
     the next page answered while it was open, and Enter confirmed that page's 24 parts,
@@ -831,9 +842,7 @@ def test_a_confirm_that_no_pull_takes_for_training_says_so(browser: Any, box: Ru
 
     def confirm(part: str) -> None:
         page.goto(box.url + f"/review?part_id={part}")
-        expect(page.locator("#count")).to_have_text("1–1 of 1")
-        page.locator(".card").click()
-        expect(page.locator("#d-title")).to_be_focused()
+        _open_card(page)
         expect(note).to_have_text("")  # unreviewed: the model's word, nothing said
         page.keyboard.press("c")
         expect(page.locator("#d-status")).to_have_text("saved: confirm")
@@ -887,8 +896,7 @@ def test_a_hub_review_in_the_parts_trail_says_it_is_the_hubs(browser: Any, box: 
     hub_review_taken_down(box, "FROMHUB")
     page = _context(browser).new_page()
     _sign_in(page, box.url + "/review?part_id=FROMHUB&verdict=&review_state=")
-    expect(page.locator("#count")).to_have_text("1–1 of 1")
-    page.locator(".card").click()
+    _open_card(page)
     trail = page.locator("#d-reviews li")
     expect(trail).to_have_count(2)
     expect(trail.nth(0)).to_contain_text("qa (hub): confirm")
@@ -912,8 +920,7 @@ def test_one_false_detection_is_removed_by_keyboard_and_the_others_kept(
     iid = _fail(box.app.state.store, "GLARE", ["short", "open"], defects)
     page = _context(browser).new_page()
     _sign_in(page, box.url + "/review?part_id=GLARE")
-    expect(page.locator("#count")).to_have_text("1–1 of 1")
-    page.locator(".card").click()
+    _open_card(page)
     items = page.locator("#d-defects li")
     expect(items).to_have_count(3)
     expect(items.locator("button", has_text="Remove")).to_have_count(3)

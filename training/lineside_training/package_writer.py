@@ -5,7 +5,6 @@ package that fails a gate never replaces anything."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -128,17 +127,16 @@ def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
     the folders above it: those made for it are removed again while empty (a refused
     export left an empty ``models/NAME``: export review, session 55). An OSError that
     names no file (a full disk's, from the graph's writer) is raised naming ``out``."""
-    made_above = []  # the folders above ``out`` made here, deepest first
+    made: list[Path] = []  # the folders made here (``out``, those above it), deepest first
     for folder in (out.parent, *out.parent.parents):
         if os.path.lexists(folder):
             break
-        made_above.append(folder)
+        made.append(folder)
     out.parent.mkdir(parents=True, exist_ok=True)  # staged beside it: a rename, not a copy
-    made = False
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     except BaseException:
-        _remove_empty(made_above)
+        _remove_empty(made)
         raise
     try:
         yield tmp
@@ -150,16 +148,13 @@ def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
             except FileExistsError:
                 raise ConfigError(f"{out}: appeared while this was written: a version is "
                                   "written once, give another") from None
-            made = True
+            made.insert(0, out)
         elif out.exists():
             shutil.rmtree(out)
         tmp.rename(out)  # over our own empty folder; fails if anything was put in it
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if made:
-            with contextlib.suppress(OSError):  # only while still empty: then it is ours
-                out.rmdir()
-        _remove_empty(made_above)
+        _remove_empty(made)  # each only while still empty: what was put in one stays
         if isinstance(exc, OSError) and exc.filename is None and exc.strerror:
             # "error: No space left on device", and where was not said
             raise OSError(exc.errno, exc.strerror, str(out)) from exc
@@ -168,7 +163,7 @@ def staged_package(out: Path, *, replace: bool = True) -> Iterator[Path]:
 
 def _remove_empty(folders: list[Path]) -> None:
     """``folders`` (deepest first) removed while empty: a folder something was put in
-    meanwhile, and every one above it, stays."""
+    meanwhile, and every one above it (it holds that one), stays."""
     for folder in folders:
         try:
             folder.rmdir()
