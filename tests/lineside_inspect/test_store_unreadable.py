@@ -77,6 +77,9 @@ def test_the_figures_count_a_row_that_does_not_read_as_nothing(
         fine = 2 if sqlite else 1
         assert (doc["reviewed_fails"], doc["false_rejects_confirmed"]) == (fine, fine)
         assert doc["quality"]["reviewed_fails"] == fine
+        # and in the yield after review: a bad shape is no review, its fail unreviewed
+        assert [(s["fails"], s["passes_after_review"], s["unreviewed_fails"])
+                for s in doc["stations"]] == [(2 * fine, fine, fine)]
         assert [c["version"] for c in doc["model_changes"]] == [store.get(good).model_version]
         unjudged = store.read(lambda s: figures.not_judged(s, now - timedelta(hours=48), now))
     if sqlite:  # counted by its text's window, with no last time to show
@@ -108,7 +111,8 @@ def test_retention_removes_a_row_whose_time_does_not_read(tmp_path: Path,
         assert store.query()[0] == 0
         assert not any(p.exists() for p in images)
         assert store.read(lambda s: figures.yields(s, old - timedelta(hours=1), old + timedelta(
-            hours=1))) == {("box-a", None): {"pass": 0, "fail": len(rest)}}  # the history's
+            hours=1))) == {("box-a", None): {  # the history's (keeping no reviews)
+                "pass": 0, "fail": len(rest), "pass_after": 0, "unreviewed_fail": len(rest)}}
 
 
 def test_a_pull_from_the_store_goes_on_past_a_page_of_rows_whose_times_do_not_read(

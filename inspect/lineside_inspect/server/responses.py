@@ -277,7 +277,17 @@ class Figure(_Shape):
     passes: int
     fails: int
     inspections: int
-    yield_pct: float | None = Field(description="passes / inspections in %; None when none")
+    yield_pct: float | None = Field(description=(
+        "the machine's first pass: passes / inspections in %; None when none"))
+    passes_after_review: int = Field(description=(
+        "passes after review: overturned fails (false rejects) are passes, passes a "
+        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
+        "machine's verdict"))
+    unreviewed_fails: int = Field(description=(
+        "fails no review has judged (retention's removed fails among them: their reviews "
+        "are not kept); reviewed_yield_pct counts them as fails"))
+    reviewed_yield_pct: float | None = Field(description=(
+        "passes_after_review / inspections in %; None when none"))
 
 
 class ParetoClass(_Shape):
@@ -294,6 +304,39 @@ class StationFigure(_Shape):
     fails: int
     inspections: int
     yield_pct: float | None
+    passes_after_review: int = Field(description=(
+        "passes after review: overturned fails (false rejects) are passes, passes a "
+        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
+        "machine's verdict"))
+    unreviewed_fails: int = Field(description=(
+        "fails no review has judged (retention's removed fails among them: their reviews "
+        "are not kept); reviewed_yield_pct counts them as fails"))
+    reviewed_yield_pct: float | None = Field(description=(
+        "passes_after_review / inspections in %; None when none"))
+
+
+class VersionFigure(_Shape):
+    """One model version's inspections in the window (of one box, model and recipe)."""
+
+    box_id: str | None = Field(None, description="the box whose inspections it judged (a hub's)")
+    model: str
+    recipe: str
+    version: str
+    first: datetime | None = Field(description="its first inspection in the window")
+    last: datetime | None = Field(description="its last inspection in the window")
+    passes: int
+    fails: int
+    inspections: int
+    yield_pct: float | None
+    passes_after_review: int = Field(description=(
+        "passes after review: overturned fails (false rejects) are passes, passes a "
+        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
+        "machine's verdict"))
+    unreviewed_fails: int = Field(description=(
+        "fails no review has judged (retention's removed fails among them: their reviews "
+        "are not kept); reviewed_yield_pct counts them as fails"))
+    reviewed_yield_pct: float | None = Field(description=(
+        "passes_after_review / inspections in %; None when none"))
 
 
 class ModelChange(_Shape):
@@ -349,6 +392,10 @@ class DashboardStats(_Shape):
     model_changes: list[ModelChange] = Field(description=(
         "version changes per model and recipe, among the inspections still kept"))
     model_changes_cut: bool = Field(description="more changes than listed")
+    versions: list[VersionFigure] = Field(default_factory=list, description=(
+        "per model version (and box, model, recipe), first pass and after review: a "
+        "promotion's effect; of the inspections still kept (retention's history keeps no "
+        "versions)"))
     quality: ReviewQuality = Field(description=(
         "among the reviewed inspections still kept (retention may remove reviewed ones)"))
     reviewers: list[ReviewerCount] = Field(description=(

@@ -52,7 +52,14 @@ class YieldFigure(_Shape):
     passes: int
     fails: int
     inspections: int
-    yield_pct: float | None = Field(description="passes / inspections in %; None when none")
+    yield_pct: float | None = Field(description=(
+        "the machine's first pass: passes / inspections in %; None when none"))
+    passes_after_review: int = Field(description=(
+        "passes after review (false rejects overturned, escapes found: GET /v1/stats)"))
+    unreviewed_fails: int = Field(description=(
+        "fails no review has judged, retention's removed ones among them"))
+    reviewed_yield_pct: float | None = Field(description=(
+        "passes_after_review / inspections in %; None when none"))
 
 
 NotJudgedRule = Literal["blank_frame", "reference_mismatch"]
@@ -207,9 +214,7 @@ def shifts_of(request: Request) -> figures.Shifts:
 
 
 def _yield(since: datetime, counts: dict[str, int]) -> dict[str, Any]:
-    total = counts["pass"] + counts["fail"]
-    return {"since": since, "passes": counts["pass"], "fails": counts["fail"], "inspections": total,
-            "yield_pct": round(100 * counts["pass"] / total, 2) if total else None}
+    return {"since": since, **figures.yield_figure(counts)}
 
 
 def _station_recipe(request: Request, recipe: str | None) -> tuple[str | None, str | None, str | None]:
@@ -229,7 +234,7 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
     start, end = shifts_of(request).current(now)
     day_start = now - timedelta(hours=24)
     store: Store | None = request.app.state.store
-    zero = {"pass": 0, "fail": 0}
+    zero = figures.ZERO
     manager = request.app.state.cameras
     if store is not None:
         in_shift = store.read(lambda s: figures.yields(s, start, now))
@@ -267,7 +272,7 @@ def overview(request: Request, now: datetime | None = None) -> dict[str, Any]:
         # this box's (and unowned rows'), as its station cards: with boxes sharing a
         # database, the page's yield was every box's beside its own cameras
         return {k: sum(c[k] for (box, _), c in per.items() if here is None or box in (here, None))
-                for k in ("pass", "fail")}
+                for k in figures.ZERO}
 
     settings = request.app.state.settings
     return {
@@ -387,7 +392,9 @@ def csv_rows(doc: dict[str, Any], table: str,
     def box(r: dict[str, Any]) -> list[Any]:
         return [r.get("box_id")] if fleet is not None else []
 
-    figure = ["passes", "fails", "inspections", "yield_pct"]
+    # (the after-review columns last: a script reading the columns by position reads on)
+    figure = ["passes", "fails", "inspections", "yield_pct", "passes_after_review",
+              "unreviewed_fails", "reviewed_yield_pct"]
     if table in ("hourly", "shifts"):
         return [["start_utc", "end_utc", *head, *figure]] + [
             [r["start"], r["end"], *scope, *(r[k] for k in figure)] for r in doc[table]]
@@ -405,6 +412,11 @@ def csv_rows(doc: dict[str, Any], table: str,
                  None if q["false_reject_rate"] is None else round(100 * q["false_reject_rate"], 2)],
                 ["escapes", q["escapes"], q["reviewed_passes"],
                  None if q["escape_rate"] is None else round(100 * q["escape_rate"], 2)]]
+    if table == "versions":
+        return [[*box_head, "model", "recipe", "version", "first_utc", "last_utc", *head,
+                 *figure]] + [
+            [*box(r), r["model"], r["recipe"], r["version"], r["first"], r["last"], *scope,
+             *(r[k] for k in figure)] for r in doc["versions"]]
     if table == "reviewers":
         actions = sorted({a for r in doc["reviewers"] for a in r["actions"]})
         return [["reviewer", "reviews", *actions]] + [
@@ -420,7 +432,7 @@ def csv_rows(doc: dict[str, Any], table: str,
     **errors(401, 403, 404, 422)})
 def stats_csv(request: Request, who: Viewer,
               table: Literal["hourly", "shifts", "pareto", "stations", "quality", "reviewers",
-                             "model_changes"] = "hourly",
+                             "model_changes", "versions"] = "hourly",
               hours: Annotated[int, Query(ge=1, le=24 * 90)] = 24,
               camera_id: Annotated[str | None, Query(max_length=128)] = None,
               recipe: Annotated[str | None, Query(max_length=128)] = None,

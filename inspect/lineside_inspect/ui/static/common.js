@@ -163,6 +163,10 @@ export const pct = (x, digits = 1) => (x === null || x === undefined ? "n/a" : `
 // a yield from its counts, rounded once: the API's yield_pct is rounded to 2 digits, and
 // 6 of 13 (46.1538...) showed 46.1% once rounded again (QA review, session 34)
 export const yieldPct = (r) => (r && r.inspections ? pct((100 * r.passes) / r.inspections) : "n/a");
+// the yield after review (overturned fails pass, escapes fail), said with the fails no
+// review has judged yet: "after review 97.0%" of a shift nobody reviewed read as checked
+export const reviewedPct = (r) => (r && r.inspections ? pct((100 * r.passes_after_review) / r.inspections) : "n/a");
+export const afterReview = (r) => `after review ${reviewedPct(r)} · ${num(r.unreviewed_fails)} ${r.unreviewed_fails === 1 ? "fail" : "fails"} not reviewed`;
 export const rate = (r) => (r === null || r === undefined ? "n/a" : `${(r * 100).toFixed(1)}%`);
 
 // pass/fail never by colour alone: a mark and the word

@@ -1,7 +1,7 @@
 // The dashboard: GET /v1/stats drawn as SVG (createElementNS, no charting library) and
 // tables, every number also in text; each figure links its numbers as CSV (/v1/stats.csv).
-import { $, $$, addFleetOptions, addOptions, api, changed, coded, cut, dateTime, dayLabel, defaultIndex, dismissable, el, FLEET_NAMES, fleetLists, hourLabel, leaveLink, notOfFleet, num, pct,
-         rate, sayLinkNote, showZone, svg, time, yieldPct } from "/static/common.js";
+import { afterReview, $, $$, addFleetOptions, addOptions, api, changed, coded, cut, dateTime, dayLabel, defaultIndex, dismissable, el, FLEET_NAMES, fleetLists, hourLabel, leaveLink, notOfFleet, num, pct,
+         rate, reviewedPct, sayLinkNote, showZone, svg, time, yieldPct } from "/static/common.js";
 
 const form = $("#scope");
 // on a hub (its site, line and box selects): a camera and a model version are a box's,
@@ -279,12 +279,16 @@ const scopeWords = (p) => SCOPE_WORDS.filter(([k]) => p.has(k))
   .map(([k, name]) => (k === "camera_id" && p.get(k) === "" ? "uploads (no camera)" : `${name} ${cut(p.get(k))}`)).join(", ");
 // a yield of no inspections: "–", never a 0% or 100% read as a shift's (session 49)
 const yieldOf = (r) => (r && r.inspections ? yieldPct(r) : "–");
+// first pass, then after review and the fails no review has judged (which it counts as fails)
+const AFTER = ["after review", "fails not reviewed"];
+const afterCols = (r) => [r && r.inspections ? reviewedPct(r) : "–", num(r.unreviewed_fails)];
 
 function render(s, p) {
   boxed = ON_HUB || severalBoxes(s);
   const f = new FormData(form), per = f.get("per"), rows = s[per], hours = p.get("hours");
   const sum = (k) => s.hourly.reduce((a, r) => a + r[k], 0);
   const n = sum("inspections"), passes = sum("passes"), fails = sum("fails");
+  const window_ = { inspections: n, passes_after_review: sum("passes_after_review"), unreviewed_fails: sum("unreviewed_fails") };
   // whose figures: one part's (as the server answered), said above them, as text; and a
   // scope holding no inspections in the window (a camera or recipe of a link or the kept
   // scope that exists nowhere, a part never seen, a box the fleet no longer lists) says
@@ -295,12 +299,12 @@ function render(s, p) {
   whose.textContent = !n ? `No inspections${of ? " for " + of : ""} in the last ${hours} h: the figures below are empty, not a shift without fails`
     : s.part_id ? `Part ${s.part_id} only: its inspections at every station and re-inspection, those still kept` : "";
   $("#k-yield").textContent = n ? pct((100 * passes) / n, 2) : "–";
-  $("#k-yield-detail").textContent = n ? `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${hours} h`
+  $("#k-yield-detail").textContent = n ? `${num(passes)} of ${num(n)} passed · ${num(fails)} failed · last ${hours} h · ${afterReview(window_)}`
     : `no inspections in the last ${hours} h`;
   const shift = s.shifts[s.shifts.length - 1];
   $("#k-shift").textContent = yieldOf(shift);
   $("#k-shift-detail").textContent = !shift ? "" : shift.inspections
-    ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))}`
+    ? `${num(shift.passes)} of ${num(shift.inspections)} passed since ${hourLabel(new Date(shift.start))} · ${afterReview(shift)}`
     : `no inspections since ${hourLabel(new Date(shift.start))}`;
   const q = s.quality;
   $("#fr-rate").textContent = n ? rate(q.false_reject_rate) : "–";
@@ -312,9 +316,9 @@ function render(s, p) {
   // no bars of zero under a yield axis of 0-100%: said instead
   if (n) trendChart($("#trend"), rows, s.model_changes, per);
   else $("#trend").replaceChildren(el("p", {}, `no inspections in the last ${hours} h: nothing to draw`));
-  table($("#trend-table"), [per === "shifts" ? "shift" : "hour", "inspections", "passes", "fails", "yield"],
-        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r)]),
-        [1, 2, 3, 4]);
+  table($("#trend-table"), [per === "shifts" ? "shift" : "hour", "inspections", "passes", "fails", "yield", ...AFTER],
+        rows.map((r) => [`${dateTime(r.start)} – ${hourLabel(new Date(r.end))}`, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r), ...afterCols(r)]),
+        [1, 2, 3, 4, 5, 6]);
   if (n) paretoChart($("#pareto"), s.pareto);
   else $("#pareto").replaceChildren(el("p", {}, "no inspections in this window: no defects counted"));
   // the chart is an image to a screen reader (its labels and counts inside it are not
@@ -322,9 +326,14 @@ function render(s, p) {
   table($("#pareto-table"), ["class", "parts", "cumulative"],
         s.pareto.map((r) => [r.label, num(r.parts), pct(r.cumulative_pct)]), [1, 2]);
   const k = boxed ? 1 : 0;
-  table($("#stations"), [...(boxed ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield"],
-        s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r)]),
-        [2 + k, 3 + k, 4 + k, 5 + k]);
+  table($("#stations"), [...(boxed ? ["box"] : []), "camera", "recipe", "inspections", "passes", "fails", "yield", ...AFTER],
+        s.stations.map((r) => [...boxCol(r), r.camera_id === null ? "(uploads)" : r.camera_id, r.recipe, num(r.inspections), num(r.passes), num(r.fails), yieldOf(r), ...afterCols(r)]),
+        [2 + k, 3 + k, 4 + k, 5 + k, 6 + k, 7 + k]);
+  // a promotion's effect: each version's yield beside the one before it
+  table($("#versions"), [...(boxed ? ["box"] : []), "model", "recipe", "version", "from", "to", "inspections", "yield", ...AFTER],
+        s.versions.map((r) => [...boxCol(r), r.model, r.recipe, r.version, r.first ? dateTime(r.first) : "–", r.last ? dateTime(r.last) : "–",
+                               num(r.inspections), yieldOf(r), ...afterCols(r)]),
+        [5 + k, 6 + k, 7 + k, 8 + k]);
   table($("#quality"), ["outcome", "count", "of reviewed", "rate"], [
     ["false rejects (fails with no defect)", num(q.false_rejects), `${num(q.reviewed_fails)} fails`, rate(q.false_reject_rate)],
     ["escapes (passes with a missed defect)", num(q.escapes), `${num(q.reviewed_passes)} passes`, rate(q.escape_rate)]], [1, 3]);
@@ -384,7 +393,7 @@ function clearFigures() {
   whose.hidden = true; whose.textContent = "";
   for (const id of ["k-yield", "k-shift", "fr-rate", "escape-rate"]) $("#" + id).textContent = "–";
   for (const id of ["k-yield-detail", "k-shift-detail", "fr-detail", "escape-detail"]) $("#" + id).textContent = "";
-  for (const id of ["trend", "trend-table", "pareto", "pareto-table", "stations", "quality", "reviewers", "models"]) $("#" + id).replaceChildren();
+  for (const id of ["trend", "trend-table", "pareto", "pareto-table", "stations", "quality", "reviewers", "models", "versions"]) $("#" + id).replaceChildren();
   for (const a of $$("a.csv")) a.removeAttribute("href");
 }
 

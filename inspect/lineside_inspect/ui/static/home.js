@@ -1,14 +1,15 @@
 // The status page: the server draws the station cards and the tables; this fills and
 // refreshes their figures from GET /v1/overview every few seconds, and each card's
 // picture from its camera's snapshot every second.
-import { $, $$, api, dateTime, el, hourLabel, num, rate, showZone, STATE_MARK, stateClass, time, verdict, yieldPct } from "/static/common.js";
+import { $, $$, afterReview, api, dateTime, el, hourLabel, num, rate, showZone, STATE_MARK, stateClass, time, verdict, yieldPct } from "/static/common.js";
 
 const REFRESH_MS = 5000;
 
 function yieldText(fig) {
   if (!fig) return ["no store", ""];
   if (!fig.inspections) return ["n/a", "no inspections yet"];
-  return [yieldPct(fig), `${num(fig.passes)} of ${num(fig.inspections)} passed · ${num(fig.fails)} failed`];
+  // the big figure is the machine's first pass; after review beside it (session 56)
+  return [yieldPct(fig), `${num(fig.passes)} of ${num(fig.inspections)} passed · ${num(fig.fails)} failed · ${afterReview(fig)}`];
 }
 
 function setField(root, key, ...content) {
