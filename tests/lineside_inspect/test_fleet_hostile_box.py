@@ -45,6 +45,7 @@ from .test_fleet_sync import (
     MODEL,
     ServedHub,
     _answer_without_body,
+    _drain,
     _inspection,
     _item,
     _png,
@@ -301,8 +302,7 @@ def test_a_box_drops_only_reviews_its_hub_will_never_hold(
         assert store.save(sent)
         store.flush()
         forwarder = Forwarder(store, hub_client, fleet)
-        while forwarder.forward_once():
-            pass
+        _drain(forwarder)
         pending = _inspection(detector)  # in the forwarding backlog still
         assert store.save(pending)
         store.flush()
@@ -315,8 +315,7 @@ def test_a_box_drops_only_reviews_its_hub_will_never_hold(
         text = generate_latest(metrics.registry).decode()
         assert 'lineside_fleet_reviews_dropped_total{reason="not_forwarded"} 1.0' in text
         assert [e.topic for e in Outbox(store.engine, "box-old", CHANNEL).pending()] == [renamed.id]
-        while forwarder.forward_once():  # the inspection goes; its review follows
-            pass
+        _drain(forwarder)  # the inspection goes; its review follows
         assert sync.send_up() == 1 and not sync.outbox.pending()
         assert [r.reviewer for r in hub.store.get(pending.id).reviews] == ["alice (box2)"]
 
@@ -361,8 +360,7 @@ def test_a_review_on_a_shared_database_goes_up_from_the_inspections_box(
             first, second = _inspection(detector), _inspection(detector)
             assert store2.save(first) and store2.save(second)
             store2.flush()
-            while forwarder2.forward_once():
-                pass
+            _drain(forwarder2)
             store1.review(first.id, reviewer="alice", action="false_reject")  # box1's page
             store1.review(second.id, reviewer="alice", action="false_reject")
             with Session(store1.engine) as s, s.begin():  # as a release before filed it
