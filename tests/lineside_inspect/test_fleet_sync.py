@@ -54,7 +54,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "deeppcb" / "1"
 SAMPLE = ROOT / "datasets" / "deeppcb-sample" / "images"
 KEYS = {"box1": "k-box1", "box2": "k-box2", "box3": "k-box3", "box4": "k-box4",
-        "box5": "k-box5", "box6": "k-box6", "box7": "k-box7", "box8": "k-box8", "qa": "k-qa"}
+        "box5": "k-box5", "box6": "k-box6", "box7": "k-box7", "box8": "k-box8",
+        "box9": "k-box9", "qa": "k-qa"}
 
 
 def _png(seed: int) -> bytes:
@@ -903,6 +904,30 @@ def test_the_hub_keeps_the_shift_a_box_aligned_a_frame_by_for_data_pull(
     assert [(b.x1, b.y1, b.x2, b.y2) for b in rec.boxes] == [(0.0, 4.0, 27.0, 42.0)]
     pulled = decode_image((tmp_path / "pulled" / "images" / rec.file_name).read_bytes())
     assert np.array_equal(pulled, shift_onto(decode_image(image), decode_image(ref), 3.0, -2.0))
+
+
+def test_a_pull_from_the_hub_says_a_hub_keeps_no_recipes_regions(
+        hub: ServedHub, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub holds the boxes' inspections, not their recipes (and a name's version on
+    one box is not another box's): ``GET /v1/recipes/{name}/regions`` is no hub route, so
+    a pull from it paints nothing out and its warning says to pull from the box, whose
+    regions it keeps from when each version starts judging (session 56)."""
+    from lineside_inspect.store.pull import pull_from_server
+
+    box = client(hub, "box9")  # (a box no other test forwards as: its outbox starts at seq 1)
+    item = _item(1, image=_png(51))
+    assert box.post(box.path(FORWARD), ForwardBatch(items=[item]), ForwardAck).stored == 1
+    box.close()
+    r = httpx.post(f"{hub.url}/v1/inspections/{item.id}/reviews", json={"action": "confirm"},
+                   headers={"Authorization": f"Bearer {KEYS['qa']}"})
+    assert r.status_code in (200, 201), r.text
+    with caplog.at_level("WARNING", logger="lineside"):
+        pull_from_server(hub.url, tmp_path / "pulled", key=KEYS["qa"], part_id="SN1",
+                         since=datetime.fromisoformat(item.record["created_at"]))
+    info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
+    assert f"{item.id}.png" in [Path(f).name for f in info["recipe_regions_unknown"]["deeppcb:1"]]
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "pulled whole" in said and "a fleet hub keeps no box's recipes" in said, said
 
 
 def test_a_records_tiles_go_only_to_a_hub_that_announced_it_takes_them(

@@ -83,9 +83,12 @@ def test_a_reviewer_reads_a_recipes_regions_a_viewer_does_not(
     srv, _ = station
     with srv.client("reviewer") as c:
         r = c.get("/v1/recipes/ref-roi/regions")
+        # version 2 judges now; version 1's regions are kept beside its rules' digest
         assert r.status_code == 200 and r.json() == {
-            "name": "ref-roi", "version": "2", "ignore": [],
-            "roi": [[[0.0, 0.0], [640.0, 0.0], [640.0, 200.0], [0.0, 200.0]]]}, r.text
+            "name": "ref-roi", "version": "2", "versions": {
+                "1": {"roi": [_floats(LEFT)], "ignore": [_floats(IGNORE)]},
+                "2": {"roi": [[[0.0, 0.0], [640.0, 0.0], [640.0, 200.0], [0.0, 200.0]]],
+                      "ignore": []}}}, r.text
         assert c.get("/v1/recipes/nope/regions").status_code == 404
         assert c.get("/v1/recipes/..x/regions").status_code == 422
     with srv.client("viewer") as c:
@@ -122,16 +125,115 @@ def test_what_the_recipe_never_judged_is_painted_out_not_background(
     # background in the set any more: grey, as the letterbox's border
     assert (frame[303:398, 457:494] == PAD_VALUE).all()
     assert [b.label for b in rec.boxes] == [d["label"] for d in got["2"]["defects"]]
-    # version 1's rules are not kept (a version is one set of rules, only its digest is
-    # kept): pulled whole, as stored, and said in the log and the dataset's info
+    # version 1 no longer judges; its regions are kept beside its rules' digest (session
+    # 56: it was pulled whole), so its frame is painted by them: the `short` right of its
+    # roi and the copper it ignored grey, the `open` a reviewer drew there kept
     old = by_id[got["1"]["id"]]
-    assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name), sent)
+    assert old.file_name.endswith(".png")
+    _painted_as_version_1(read_image(tmp_path / "pulled" / "images" / old.file_name), sent)
+    assert "open" in [b.label for b in old.boxes]
     info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
-    assert info["outside_recipe_regions"]["painted_out"] == [rec.file_name]
+    assert sorted(info["outside_recipe_regions"]["painted_out"]) == sorted(
+        [rec.file_name, old.file_name])
+    assert "recipe_regions_unknown" not in info
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("2 frame(s) painted out" in m for m in said), said
+    assert not any("pulled whole" in m for m in said), said
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_a_version_kept_by_an_earlier_release_is_pulled_whole_and_said(
+        station: tuple[Running, dict[str, Any]], how: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A versions file of session 55 holds digests only: version 1's regions are not
+    known (nothing guessed), its frame pulled whole and said, version 2's painted."""
+    srv, got = station
+    path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"
+    kept = path.read_bytes()
+    doc = json.loads(kept)
+    assert set(doc["regions"]) == {"1", "2"}
+    del doc["regions"]
+    path.write_text(json.dumps(doc))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lineside"):
+            _pull(srv, how, tmp_path / "pulled")
+    finally:
+        path.write_bytes(kept)
+    by_id = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images
+             if r.reference is not None}
+    old = by_id[got["1"]["id"]]
+    sent = read_image(PAIR / "00041000_test.jpg")
+    assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name), sent)
+    assert by_id[got["2"]["id"]].file_name.endswith(".png")  # (judging now: known)
+    info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
     assert info["recipe_regions_unknown"] == {"ref-roi:1": [old.file_name]}
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("1 frame(s) painted out" in m for m in said), said
     assert any("pulled whole" in m and "ref-roi version 1 (1)" in m for m in said), said
+
+
+def test_a_configured_recipes_earlier_version_is_painted_from_server_and_store(
+        tmp_path: Path) -> None:
+    """A configured recipe's version keeps its regions as it starts judging: once its
+    file says version 2, version 1's frames are still painted by version 1's roi, pulled
+    from the server and from the store folder (a configured recipe's file is not in it)."""
+    v1, v2 = tmp_path / "v1.yaml", tmp_path / "v2.yaml"
+    v1.write_text(json.dumps(_recipe("1", LEFT, IGNORE)))
+    v2.write_text(json.dumps(_recipe("2", [[0, 0], [640, 0], [640, 640], [0, 640]], [])))
+    data = tmp_path / "data"
+    srv, stop = start_server(keyed(models=[str(REF_MODEL)], recipes=[str(v1)],
+                                   data_dir=str(data), store_pass_rate=1.0))
+    try:
+        with srv.client("admin") as c:
+            assert c.put("/v1/references/golden", content=(PAIR / "00041000_temp.jpg").read_bytes(),
+                         headers={"content-type": "image/jpeg"}).status_code == 200
+            r = c.post("/v1/inspect", params={"recipe": "ref-roi", "reference": "golden"},
+                       files={"image": ("f.jpg", (PAIR / "00041000_test.jpg").read_bytes(),
+                                        "image/jpeg")})
+            assert r.status_code == 200 and r.json()["stored"], r.text
+            made = r.json()
+        with srv.client("reviewer") as c:
+            assert c.post(f"/v1/inspections/{made['id']}/reviews", json={
+                "action": "missed_defect",
+                "boxes": [{"label": "open", "box": DRAWN}]}).status_code == 200
+        srv.app.state.store.flush()
+    finally:
+        stop()
+    srv, stop = start_server(keyed(models=[str(REF_MODEL)], recipes=[str(v2)],
+                                   data_dir=str(data), store_pass_rate=1.0))
+    try:
+        with srv.client("reviewer") as c:
+            assert c.get("/v1/recipes/ref-roi/regions").json()["version"] == "2"
+        for how in ("server", "store"):
+            _pull(srv, how, tmp_path / how)
+    finally:
+        stop()
+    sent = read_image(PAIR / "00041000_test.jpg")
+    for how in ("server", "store"):
+        rec = next(r for r in read_dataset(tmp_path / how).images if r.reference is not None)
+        assert Path(rec.file_name).name == f"{made['id']}.png", how
+        _painted_as_version_1(read_image(tmp_path / how / "images" / rec.file_name), sent)
+
+
+def test_a_hostile_versions_file_leaves_its_regions_unknown_not_a_failure(
+        tmp_path: Path) -> None:
+    """Regions read back from the data folder are held to a recipe's rules: an entry
+    that is not (a polygon of no point, which the painting could not draw; a version with
+    no digest; not a mapping) is left out and said, the rest read."""
+    from lineside_inspect.recipes import Recipe
+    from lineside_inspect.recipes.saved import SavedRecipes
+
+    saved = SavedRecipes(tmp_path / "recipes")
+    saved.remember("ref-roi", Recipe.model_validate(_recipe("1", LEFT, IGNORE)))
+    path = tmp_path / "recipes" / ".versions" / "ref-roi.json"
+    doc = json.loads(path.read_text())
+    doc["versions"]["2"] = doc["versions"]["1"].replace(doc["versions"]["1"][0], "0")
+    doc["regions"].update({"2": {"roi": [[]]}, "3": {"roi": [LEFT]}})
+    path.write_text(json.dumps(doc))
+    assert list(saved.regions("ref-roi")) == ["1"]
+    doc["regions"] = ["not", "a", "mapping"]
+    path.write_text(json.dumps(doc))
+    assert saved.regions("ref-roi") == {}
+    assert set(saved.judged("ref-roi")) == {"1", "2"}  # (the digests read still)
 
 
 @pytest.mark.parametrize("how", ["server", "store"])
@@ -169,6 +271,22 @@ def test_a_reviewers_box_outside_the_roi_is_kept_and_the_ignored_area_painted(
         _square(frame.shape, IGNORE)[:, :300, None], PAD_VALUE, sent[:, :300]))
     assert (frame[469:497, 90:128] == PAD_VALUE).all()  # the copper the recipe ignored
     assert (frame[303:398, 457:494] == PAD_VALUE).all()  # the `short` right of the roi
+
+
+def _floats(polygon: list[list[int]]) -> list[list[float]]:
+    return [[float(x), float(y)] for x, y in polygon]
+
+
+def _painted_as_version_1(frame: np.ndarray, sent: np.ndarray) -> None:
+    """``frame`` painted by version 1's regions: its roi's left part as sent but for the
+    ignored square, the `short` right of the roi and the ignored copper grey, the `open` a
+    reviewer drew right of the roi kept."""
+    x1, y1, x2, y2 = DRAWN
+    assert np.array_equal(frame[y1:y2, x1:x2], sent[y1:y2, x1:x2])
+    assert np.array_equal(frame[:, :300], np.where(
+        _square(frame.shape, IGNORE)[:, :300, None], PAD_VALUE, sent[:, :300]))
+    assert (frame[469:497, 90:128] == PAD_VALUE).all()
+    assert (frame[303:398, 457:494] == PAD_VALUE).all()
 
 
 def _square(shape: tuple[int, ...], polygon: list[list[int]]) -> np.ndarray:

@@ -10,7 +10,11 @@ server's own of its name until ``DELETE /v1/recipes/NAME`` drops it.
 Beside them, ``<data_dir>/recipes/.versions/NAME.json`` keeps each version of ``NAME`` that
 judged here since session 55 (put over the API, or replaced by a put) with the digest of
 its rules: a version means one set of rules for good, after a DELETE too (a stored
-verdict's "recipe X version 3" says which rules judged it).
+verdict's "recipe X version 3" says which rules judged it). Since session 56 it keeps each
+version's regions too (``regions``: version -> roi and ignore, written as a version starts
+judging), so ``data pull`` paints out what a version no longer judging never judged; a
+file of an earlier release has none (those versions' frames are pulled whole, said), and
+an earlier release reads the file still (it reads ``versions`` only).
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from pydantic import TypeAdapter, ValidationError
 from lineside_inspect.atomic import fsync_folder, write_atomic
 from lineside_inspect.errors import ConfigError, describe_validation
 from lineside_inspect.names import is_name
-from lineside_inspect.recipes.schema import Recipe, RecipeVersion, rules_digest, version_key
+from lineside_inspect.recipes.schema import (
+    JudgedRegions,
+    Recipe,
+    RecipeVersion,
+    rules_digest,
+    version_key,
+)
 
 log = logging.getLogger("lineside")
 
@@ -39,6 +49,7 @@ VERSIONS_FORMAT = 1
 # a versions file past this is not one Lineside wrote (an entry is about 140 bytes)
 MAX_VERSIONS_BYTES = 4 << 20
 _VERSION = TypeAdapter(RecipeVersion)
+_REGIONS = TypeAdapter(JudgedRegions)
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -98,17 +109,15 @@ class SavedRecipes:
     def _versions_file(self, name: str) -> Path:
         return self._file(name).parent / ".versions" / f"{name}.json"
 
-    def judged(self, name: str) -> dict[str, str]:
-        """The versions of ``name`` that judged here (version -> :func:`rules_digest`); a
-        file that does not read is logged and taken as none (the check against the recipe
-        judging now still holds)."""
+    def _read_versions(self, name: str) -> dict[str, object]:
+        """``name``'s versions file as read ({} for none); one that does not read is
+        logged and taken as none (the check against the recipe judging now still holds)."""
         path = self._versions_file(name)
         try:
             doc = json.loads(_read_small(path))
             if not isinstance(doc, dict) or doc.get("format_version") != VERSIONS_FORMAT:
                 raise ValueError(f"format_version must be {VERSIONS_FORMAT}")
-            versions = doc.get("versions")
-            if not isinstance(versions, dict):
+            if not isinstance(doc.get("versions"), dict):
                 raise ValueError("no versions")
         except FileNotFoundError:
             return {}
@@ -116,6 +125,17 @@ class SavedRecipes:
             log.warning("recipe %s: the versions that judged are not read: %s (file %s)", name,
                         exc if not isinstance(exc, RecursionError) else "nested too deeply", path)
             return {}
+        return doc
+
+    def judged(self, name: str) -> dict[str, str]:
+        """The versions of ``name`` that judged here (version -> :func:`rules_digest`); a
+        file that does not read is logged and taken as none (the check against the recipe
+        judging now still holds)."""
+        return self._judged(name, self._read_versions(name))
+
+    def _judged(self, name: str, doc: dict[str, object]) -> dict[str, str]:
+        versions = doc.get("versions", {})
+        assert isinstance(versions, dict)  # (:meth:`_read_versions`)
         # an entry that is no recipe version and digest (edited by hand: a version of
         # 5,000 digits was a ValueError past Python's int digit limit in version_key, a
         # 500 on every put and a traceback at every start; review, session 55) is left out
@@ -124,22 +144,71 @@ class SavedRecipes:
         if len(kept) < len(versions):
             log.warning("recipe %s: %d entry(ies) of its versions file are not a version with "
                         "a rules digest: left out (file %s)", name,
-                        len(versions) - len(kept), path)
+                        len(versions) - len(kept), self._versions_file(name))
         return kept
+
+    def regions(self, name: str) -> dict[str, JudgedRegions]:
+        """Where each version of ``name`` that judged here judges a frame (version ->
+        its roi and ignore), as kept beside its rules' digest since session 56. A version
+        missing (kept by an earlier release, or its regions past the file's budget) or an
+        entry that does not read is not known: its frames are pulled whole, said."""
+        doc = self._read_versions(name)
+        return self._regions(name, doc, self._judged(name, doc))
+
+    def _regions(self, name: str, doc: dict[str, object],
+                 judged: dict[str, str]) -> dict[str, JudgedRegions]:
+        kept = doc.get("regions", {})
+        if not isinstance(kept, dict):
+            log.warning("recipe %s: the regions of its versions are not read: not a mapping "
+                        "(file %s)", name, self._versions_file(name))
+            return {}
+        found: dict[str, JudgedRegions] = {}
+        for version, regions in kept.items():
+            if version not in judged:  # regions without their version's digest: no word
+                continue
+            try:
+                found[version] = _REGIONS.validate_python(regions)
+            except (ValidationError, RecursionError):
+                continue
+        if len(found) < len(kept):
+            log.warning("recipe %s: %d entry(ies) of its versions file's regions are not a "
+                        "judged version's roi and ignore: left out, their frames pulled "
+                        "whole (file %s)", name, len(kept) - len(found),
+                        self._versions_file(name))
+        return found
 
     def remember(self, name: str, *recipes: Recipe) -> None:
         """Keep the versions of ``recipes`` (of ``name``) as ones that judged, with their
-        rules' digests; a version kept already keeps its first digest (nothing written
-        when every one is kept)."""
-        versions = self.judged(name)
-        known = len(versions)
+        rules' digests and their regions (roi and ignore: ``data pull`` paints out what
+        a version never judged, after it stops judging too); a version kept already keeps
+        its first digest, and gets its regions only when its digest is this recipe's
+        (nothing written when every one is kept)."""
+        doc = self._read_versions(name)
+        versions = self._judged(name, doc)
+        regions = {v: r.model_dump(mode="json", exclude_defaults=True)
+                   for v, r in self._regions(name, doc, versions).items()}
+        known, had = (len(versions), len(regions)), set(regions)
         for recipe in recipes:
             versions.setdefault(recipe.version, rules_digest(recipe))
-        if len(versions) == known and self._versions_file(name).exists():
+            if versions[recipe.version] == rules_digest(recipe):
+                regions.setdefault(recipe.version, recipe.regions.model_dump(
+                    mode="json", exclude_defaults=True))
+        if (len(versions), len(regions)) == known and self._versions_file(name).exists():
             return
-        doc = {"format_version": VERSIONS_FORMAT, "recipe": name, "versions": versions}
+        out = json.dumps({"format_version": VERSIONS_FORMAT, "recipe": name,
+                          "versions": versions, "regions": regions}, indent=1).encode()
+        if len(out) > MAX_VERSIONS_BYTES // 2:
+            # the digests must stay readable (they hold a version to its rules): regions
+            # past half the file's bound are left out, their frames pulled whole (said)
+            log.warning("recipe %s: the regions of version(s) %s not kept (the versions "
+                        "file would pass %d bytes): their frames are pulled whole", name,
+                        ", ".join(v for v in regions if v not in had), MAX_VERSIONS_BYTES // 2)
+            out = json.dumps({"format_version": VERSIONS_FORMAT, "recipe": name,
+                              "versions": versions, "regions": {
+                                  v: r for v, r in regions.items() if v in had}},
+                             indent=1).encode()
         # (own_tmp: the workers of one server each remember the configured recipes)
-        write_atomic(self._versions_file(name), json.dumps(doc, indent=1).encode(), own_tmp=True)
+        write_atomic(self._versions_file(name), out, own_tmp=True)
 
     def check_configured(self, recipes: list[tuple[str, Recipe]]) -> None:
         """Refuse a configured recipe (``(file, recipe)``) whose version judged on this

@@ -86,22 +86,53 @@ class AnomalyRule(BaseModel):
         return self
 
 
+def check_polygons(polygons: list[Polygon]) -> list[Polygon]:
+    """A recipe's ``roi`` or ``ignore``: at most :data:`MAX_POLYGONS`, each enclosing an
+    area (ValueError naming the one that does not)."""
+    if len(polygons) > MAX_POLYGONS:
+        raise ValueError(f"at most {MAX_POLYGONS} polygons, got {len(polygons)}")
+    for i, p in enumerate(polygons):
+        if len(p) < 3:
+            raise ValueError(f"polygon {i} needs at least 3 points, got {len(p)}")
+        # shoelace: points on one line (or all the same) enclose nothing
+        area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(p, p[1:] + p[:1], strict=True))
+        if area == 0:
+            raise ValueError(f"polygon {i} encloses no area (its points are on one line)")
+    return polygons
+
+
 # a recipe's version: one line of at most 64 characters (a kept one read back is held to
 # it too: recipes/saved.py ``judged``)
 RecipeVersion = Annotated[OneLine, Field(min_length=1, max_length=64)]
 
 
+class JudgedRegions(BaseModel):
+    """Where one version of a recipe judges a frame: its ``roi`` and ``ignore`` polygons,
+    held to a recipe's rules (a polygon of no point, read back from a file or a server,
+    was a traceback of the pull's painting)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    roi: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
+    ignore: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
+
+    @field_validator("roi", "ignore")
+    @classmethod
+    def _polygons(cls, polygons: list[Polygon]) -> list[Polygon]:
+        return check_polygons(polygons)
+
+
 class RecipeRegions(BaseModel):
-    """Where one version of a recipe judges a frame: its ``roi`` and ``ignore`` polygons
-    (``GET /v1/recipes/{name}/regions``, a reviewer's). ``lineside data pull`` reads it
-    to paint out what the recipe never judged (store/pull_regions.py): a detection there
-    was never counted nor shown, so the area is no known background."""
+    """Where each known version of a recipe judges a frame (``GET
+    /v1/recipes/{name}/regions``, a reviewer's): the one judging now (``version``; None
+    when none of the name judges now) and the earlier ones kept beside their rules'
+    digests (recipes/saved.py), one answer for a name. ``lineside data pull`` reads it to
+    paint out what the recipe never judged (store/pull_regions.py): a detection there was
+    never counted nor shown, so the area is no known background."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: Name
-    version: RecipeVersion
-    roi: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
-    ignore: list[Polygon] = Field(default_factory=list, max_length=MAX_POLYGONS)
+    version: RecipeVersion | None
+    versions: dict[RecipeVersion, JudgedRegions]
 
 
 class Recipe(BaseModel):
@@ -165,16 +196,7 @@ class Recipe(BaseModel):
     @field_validator("roi", "ignore")
     @classmethod
     def _polygons(cls, polygons: list[Polygon]) -> list[Polygon]:
-        if len(polygons) > MAX_POLYGONS:
-            raise ValueError(f"at most {MAX_POLYGONS} polygons, got {len(polygons)}")
-        for i, p in enumerate(polygons):
-            if len(p) < 3:
-                raise ValueError(f"polygon {i} needs at least 3 points, got {len(p)}")
-            # shoelace: points on one line (or all the same) enclose nothing
-            area = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(p, p[1:] + p[:1], strict=True))
-            if area == 0:
-                raise ValueError(f"polygon {i} encloses no area (its points are on one line)")
-        return polygons
+        return check_polygons(polygons)
 
     @field_validator("roi")
     @classmethod
@@ -193,6 +215,11 @@ class Recipe(BaseModel):
         if self.min_size_mm is not None and self.pixels_per_mm is None:
             raise ValueError("min_size_mm needs pixels_per_mm (how many pixels make a millimetre)")
         return self
+
+    @property
+    def regions(self) -> JudgedRegions:
+        """Where it judges a frame (its ``roi`` and ``ignore``)."""
+        return JudgedRegions(roi=self.roi, ignore=self.ignore)
 
     @property
     def ref(self) -> str:

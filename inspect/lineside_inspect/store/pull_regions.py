@@ -11,10 +11,13 @@ nothing, in the frame and its golden alike; the truth's own boxes stay as they a
 reviewer's box drawn outside the roi is a defect someone saw). The frame is then written
 as PNG (lossless, as an aligned frame is) and the dataset's ``info`` says which.
 
-The regions are the recipe's of the version that judged: a server answers its recipes'
-(``GET /v1/recipes/{name}/regions``), a store folder its recipes put over the API. A
-version that is no longer the one judging (its rules are not kept, only their digest)
-or a recipe the pull cannot read is pulled whole, said in one warning line and in
+The regions are the recipe's of the version that judged: a server answers each version
+of a name it knows in one answer (``GET /v1/recipes/{name}/regions``: the one judging
+now, and those kept beside their rules' digests in ``recipes/.versions/``), a store
+folder from that same file and its recipes put over the API. A version whose regions
+are not kept (it stopped judging before session 56), a recipe the pull cannot read, or
+a fleet hub (it holds the boxes' inspections, not their recipes; and a name's version
+on one box is not another box's) is pulled whole, said in one warning line and in
 ``info``: its frames may hold unlabelled areas.
 """
 
@@ -29,6 +32,7 @@ import numpy as np
 
 from lineside_inspect.dataset import Box
 from lineside_inspect.imageio import decode_image
+from lineside_inspect.names import is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.recipes.saved import SavedRecipes
@@ -43,18 +47,26 @@ Source = Callable[[str], RecipeRegions | None]
 
 
 def store_source(recipes_dir: Path) -> Source:
-    """The regions of a store folder's recipes put over the API (``recipes/NAME.json``);
-    a configured recipe's file is not in the folder: None (unknown) for it."""
-    saved: dict[str, Recipe] | None = None
+    """The regions of a store folder's recipes: the versions kept beside their rules'
+    digests (``recipes/.versions/NAME.json``: each version put over the API, and each
+    configured recipe's version as it started judging, since session 56), and the recipe
+    put over the API judging now (``recipes/NAME.json``). None (unknown) for a name of
+    neither: a configured recipe's file is not in the folder."""
+    saved = SavedRecipes(recipes_dir)
+    put: dict[str, Recipe] | None = None
 
     def read(name: str) -> RecipeRegions | None:
-        nonlocal saved
-        if saved is None:
-            saved = {s.recipe.name: s.recipe for s in SavedRecipes(recipes_dir).load()} \
-                if recipes_dir.is_dir() else {}
-        recipe = saved.get(name)
-        return None if recipe is None else RecipeRegions(
-            name=recipe.name, version=recipe.version, roi=recipe.roi, ignore=recipe.ignore)
+        nonlocal put
+        if put is None:
+            put = {s.recipe.name: s.recipe for s in saved.load()} if recipes_dir.is_dir() else {}
+        versions = saved.regions(name) if is_name(name) else {}
+        recipe = put.get(name)
+        if recipe is not None:
+            versions[recipe.version] = recipe.regions
+        if not versions:
+            return None
+        return RecipeRegions(name=name, version=None if recipe is None else recipe.version,
+                             versions=versions)
 
     return read
 
@@ -76,11 +88,12 @@ class Regions:
         if name not in self.read:
             self.read[name] = self.source(name)
         got = self.read[name]
-        if got is None or got.version != version:
+        regions = None if got is None else got.versions.get(version)
+        if regions is None:
             return False
-        if not got.roi and not got.ignore:
+        if not regions.roi and not regions.ignore:
             return None
-        return (tuple(tuple(p) for p in got.roi), tuple(tuple(p) for p in got.ignore))
+        return (tuple(tuple(p) for p in regions.roi), tuple(tuple(p) for p in regions.ignore))
 
     def note_unknown(self, item: dict[str, Any], file_name: str) -> None:
         key = (str(item["recipe"]["name"]), str(item["recipe"]["version"]))
@@ -107,7 +120,9 @@ class Regions:
             log.warning("pull: %d frame(s) pulled whole, the regions (roi/ignore) of the recipe "
                         "version that judged them not known here: %s; if it had a roi or "
                         "ignore, their detections outside it are unlabelled (pull from the "
-                        "server that judged them while that version judges there)",
+                        "box that judged them, of this release or later, which keeps each "
+                        "version's regions from when it starts judging there; a fleet hub "
+                        "keeps no box's recipes)",
                         sum(map(len, unknown.values())), said)
             info["recipe_regions_unknown"] = {
                 f"{n}:{v}": f for (n, v), f in unknown.items()}

@@ -194,15 +194,28 @@ def list_recipes(who: Admin, registry: RegistryDep, request: Request) -> list[Li
 
 
 @router.get("/recipes/{name}/regions", responses=errors(401, 403, 404, 422))
-def recipe_regions(name: Name, who: Reviewer, registry: RegistryDep) -> RecipeRegions:
-    """Where the recipe judging now under ``name`` looks (its ``roi`` and ``ignore``) and
-    its version: for a reviewer's ``lineside data pull``, which paints out what a
-    recipe never judged in the frames it pulls (a detection there was never counted nor
-    shown for review). Reviewers, not admins only: a pull's key is a reviewer's, and
-    these regions are drawn on the frames a reviewer sees anyway. 404 for no such recipe."""
-    recipe = registry.recipe(name)
-    return RecipeRegions(name=recipe.name, version=recipe.version, roi=recipe.roi,
-                         ignore=recipe.ignore)
+def recipe_regions(name: Name, who: Reviewer, registry: RegistryDep,
+                   request: Request) -> RecipeRegions:
+    """Where each version of recipe ``name`` known here looks (its ``roi`` and
+    ``ignore``): the one judging now (``version``, null when none of the name does) and
+    those that judged before, kept beside their rules' digests (recipes/saved.py), in one
+    answer: for a reviewer's ``lineside data pull``, which paints out what a recipe never
+    judged in the frames it pulls (a detection there was never counted nor shown for
+    review). Reviewers, not admins only: a pull's key is a reviewer's, and these regions
+    are drawn on the frames a reviewer sees anyway. 404 when no version of the name is
+    known (a version kept by an earlier release has no regions kept: left out)."""
+    saved: SavedRecipes = request.app.state.saved_recipes
+    versions = saved.regions(name)
+    try:
+        now: Recipe | None = registry.recipe(name)
+    except NotFoundError:
+        if not versions:
+            raise
+        now = None
+    if now is not None:  # (the registry's word for the version judging: the same regions)
+        versions[now.version] = now.regions
+    return RecipeRegions(name=name, version=None if now is None else now.version,
+                         versions=versions)
 
 
 @router.put("/recipes/{name}", responses=errors(401, 403, 404, 408, 409, 413, 422))
