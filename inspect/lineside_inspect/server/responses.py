@@ -14,7 +14,7 @@ server answers a validation error in its own shape too).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -269,6 +269,18 @@ class CameraHealth(_Shape):
         return shown_source(value)
 
 
+# the yield after review, beside each figure's first pass (store/stats.py)
+PassesAfterReview = Annotated[int, Field(description=(
+    "passes after review: overturned fails (false rejects) are passes, passes a "
+    "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
+    "machine's verdict"))]
+UnreviewedFails = Annotated[int, Field(description=(
+    "fails no review has judged (retention's removed fails among them: their reviews "
+    "are not kept); reviewed_yield_pct counts them as fails"))]
+ReviewedYieldPct = Annotated[float | None, Field(description=(
+    "passes_after_review / inspections in %; None when none"))]
+
+
 class Figure(_Shape):
     """Inspections in a period (an hour or a shift) and their yield."""
 
@@ -279,15 +291,9 @@ class Figure(_Shape):
     inspections: int
     yield_pct: float | None = Field(description=(
         "the machine's first pass: passes / inspections in %; None when none"))
-    passes_after_review: int = Field(description=(
-        "passes after review: overturned fails (false rejects) are passes, passes a "
-        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
-        "machine's verdict"))
-    unreviewed_fails: int = Field(description=(
-        "fails no review has judged (retention's removed fails among them: their reviews "
-        "are not kept); reviewed_yield_pct counts them as fails"))
-    reviewed_yield_pct: float | None = Field(description=(
-        "passes_after_review / inspections in %; None when none"))
+    passes_after_review: PassesAfterReview
+    unreviewed_fails: UnreviewedFails
+    reviewed_yield_pct: ReviewedYieldPct
 
 
 class ParetoClass(_Shape):
@@ -304,15 +310,9 @@ class StationFigure(_Shape):
     fails: int
     inspections: int
     yield_pct: float | None
-    passes_after_review: int = Field(description=(
-        "passes after review: overturned fails (false rejects) are passes, passes a "
-        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
-        "machine's verdict"))
-    unreviewed_fails: int = Field(description=(
-        "fails no review has judged (retention's removed fails among them: their reviews "
-        "are not kept); reviewed_yield_pct counts them as fails"))
-    reviewed_yield_pct: float | None = Field(description=(
-        "passes_after_review / inspections in %; None when none"))
+    passes_after_review: PassesAfterReview
+    unreviewed_fails: UnreviewedFails
+    reviewed_yield_pct: ReviewedYieldPct
 
 
 class VersionFigure(_Shape):
@@ -328,15 +328,9 @@ class VersionFigure(_Shape):
     fails: int
     inspections: int
     yield_pct: float | None
-    passes_after_review: int = Field(description=(
-        "passes after review: overturned fails (false rejects) are passes, passes a "
-        "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
-        "machine's verdict"))
-    unreviewed_fails: int = Field(description=(
-        "fails no review has judged (retention's removed fails among them: their reviews "
-        "are not kept); reviewed_yield_pct counts them as fails"))
-    reviewed_yield_pct: float | None = Field(description=(
-        "passes_after_review / inspections in %; None when none"))
+    passes_after_review: PassesAfterReview
+    unreviewed_fails: UnreviewedFails
+    reviewed_yield_pct: ReviewedYieldPct
 
 
 class ModelChange(_Shape):
