@@ -27,7 +27,7 @@ from lineside_inspect.fleet.protocol import AssignedModel
 from lineside_inspect.package import card_digest, load_package, write_card
 from lineside_inspect.server.registry import Registry
 
-from .test_fleet_models_hub import KEYS, publish, start_hub, versioned
+from .test_fleet_models_hub import KEYS, publish, pulled, start_hub, versioned
 
 
 @dataclass
@@ -76,7 +76,7 @@ def test_a_served_version_is_never_replaced_by_another_card(weed: Any, tmp_path:
         with hub.client() as admin:
             r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v1"})
             assert r.status_code == 200, r.text
-        puller.pull()
+        pulled(puller)
         assert any("v1: version v1 is already loaded on this box with another graph or card"
                    in e for e in puller.errors()), puller.errors()
         assert (served / "model.json").read_bytes() == before  # never replaced
@@ -115,7 +115,7 @@ def test_an_unloaded_versions_folder_is_not_replaced_by_another_card(
         with hub.client() as admin:
             r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "u1"})
             assert r.status_code == 200, r.text
-        puller.pull()
+        pulled(puller)
         assert any("version u1 is already unloaded on this box with another graph or card"
                    in e for e in puller.errors()), puller.errors()
         assert (served / "model.json").read_bytes() == before
@@ -143,7 +143,7 @@ def test_a_card_changed_on_disk_after_its_checks_is_not_loaded(
             return check(m, card, dest)
 
         monkeypatch.setattr(box.puller, "_check_clash", then_changed)
-        box.puller.pull()
+        pulled(box.puller)
         errors = box.puller.errors()
         assert any("v6: model deeppcb v6: its card or graph changed on disk after it was "
                    "checked" in e for e in errors), errors
@@ -158,7 +158,7 @@ def test_a_package_over_the_boxs_limit_is_not_downloaded_whole(weed: Any, tmp_pa
         with box.hub.client() as admin:
             r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v9"})
             assert r.status_code == 200, r.text
-        box.puller.pull()
+        pulled(box.puller)
         errors = box.puller.errors()
         assert any("is over 100000 bytes" in e for e in errors), errors
         assert box.registry.models() == {}
@@ -183,14 +183,14 @@ def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
 
         extract = tarfile.TarFile.extract
         monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.ENOSPC))
-        box.puller.pull()
+        pulled(box.puller)
         assert box.puller.errors() == [
             "deeppcb v8 not applied now, retried next pull: the package could not be "
             "unpacked into the data folder: No space left on device"]
         # the next pull tries again: a failure of the archive's own (a file where its
         # folder goes) is then the package's, and remembered
         monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.ENOTDIR))
-        box.puller.pull()
+        pulled(box.puller)
         assert box.puller.errors() == [
             "deeppcb v8: package archive could not be unpacked (NotADirectoryError)"]
         assert box.registry.models() == {}
@@ -202,22 +202,12 @@ def test_a_full_disk_is_passing_and_named(weed: Any, tmp_path: Path,
         with box.hub.client() as admin:
             r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": "v7"})
             assert r.status_code == 200, r.text
-        downloads: list[str] = []
-        real = box.puller.client.download
-
-        def counted(path: str, *args: Any) -> int:
-            downloads.append(path)
-            return real(path, *args)
-
-        monkeypatch.setattr(box.puller.client, "download", counted)
         monkeypatch.setattr(tarfile.TarFile, "extract", fails(errno.EACCES))
-        box.puller.pull()
+        fetched = pulled(box.puller)  # what the pull the hub answered downloaded
         assert box.puller.errors() == [
             "deeppcb v7: not applied: the package could not be unpacked into the data "
             "folder: Permission denied"]
-        fetched = len(downloads)
-        box.puller.pull()
-        assert len(downloads) == fetched == 2  # the package and its signature, once
+        assert len(fetched) == 2 and pulled(box.puller) == []  # the package and its signature, once
 
 
 def test_a_version_pulled_before_is_activated_again_without_downloading(
@@ -241,23 +231,14 @@ def test_a_version_pulled_before_is_activated_again_without_downloading(
         try:
             puller: ModelPuller = box.app.state.fleet_models
             registry = box.app.state.registry
-            downloads: list[str] = []
-            real = puller.client.download
-
-            def counted(path: str, *args: Any) -> int:
-                downloads.append(path.rsplit("/", 1)[-1])
-                return real(path, *args)
-
-            monkeypatch.setattr(puller.client, "download", counted)
 
             def assign(version: str) -> list[str]:
                 with hub.client() as admin:
                     r = admin.put("/fleet/v1/lines/L1/models/deeppcb", json={"version": version})
                     assert r.status_code == 200, r.text
-                before = len(downloads)
-                puller.pull()
+                fetched = pulled(puller)  # what the pull the hub answered downloaded
                 assert puller.errors() == [] and registry.models()["deeppcb"].active == version
-                return downloads[before:]
+                return fetched
 
             assert len(assign("w1")) == 2  # the package and its signature
             assert len(assign("w2")) == 2
@@ -286,10 +267,17 @@ def test_a_version_pulled_before_is_activated_again_without_downloading(
                 _other_key(tmp_path)).public_key())]
             assert puller._kept(other.model_copy(update={"sha256": w1})) is None
             puller.keys = trusted
-            before = len(downloads)
+            downloads: list[str] = []
+            real = puller.client.download
+
+            def counted(path: str, *args: Any) -> int:
+                downloads.append(path.rsplit("/", 1)[-1])
+                return real(path, *args)
+
+            monkeypatch.setattr(puller.client, "download", counted)
             with pytest.raises(signing.SignatureError, match="the assignment says 000000"):
                 puller._take(other)
-            assert downloads[before:] == ["package.tar.gz"]  # fetched, then refused for its sha256
+            assert downloads == ["package.tar.gz"]  # fetched, then refused for its sha256
         finally:
             stop_box()
     finally:

@@ -13,16 +13,17 @@ import tarfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import uvicorn
 
 from lineside_inspect.config import ApiKey
+from lineside_inspect.errors import HubUnavailable
 from lineside_inspect.fleet import archive, signing
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
@@ -33,6 +34,9 @@ from lineside_inspect.package import load_package, write_card
 from lineside_inspect.serve import uvicorn_config
 
 from .conftest import ROOT
+
+if TYPE_CHECKING:
+    from lineside_inspect.fleet.box.models import ModelPuller
 
 SMALL = ROOT / "models" / "deeppcb" / "1-int8"  # the smallest real package
 
@@ -75,6 +79,56 @@ def start_hub(weed: Any, tmp: Path, database_url: str) -> tuple[Hub, Any]:
 
     return Hub(f"http://127.0.0.1:{port}", app.state.objects), stop
 
+
+def pulled(puller: ModelPuller) -> list[str]:
+    """``puller.pull()`` once the hub answered every call of a try, tried again as the
+    box's loop tries at its next pull: a call the hub did not answer within the box's
+    ``timeout_s`` (10 s; a loaded CI host) ends a pull quietly (a warning, or a note
+    "retried next pull"), which asserted failed, or passed for nothing having happened.
+    A cut try applies nothing (what it downloaded is removed with ``.incoming``). The
+    files (last path part) the try that went downloaded."""
+    deadline = time.monotonic() + 60
+    while True:
+        cut, fetched = _try_pull(puller)
+        if not cut:
+            return fetched
+        assert time.monotonic() < deadline, f"the hub answered no pull: {cut}"
+        time.sleep(0.1)  # the poll's interval, not a wait for the hub
+
+
+def _try_pull(puller: ModelPuller) -> tuple[list[str], list[str]]:
+    """One ``puller.pull()``: what the hub did not answer in it, and the files it
+    downloaded."""
+    client = puller.client
+    cut: list[str] = []
+    fetched: list[str] = []
+    own = {n: vars(client).get(n) for n in ("get", "download")}  # (a test's own)
+    download = client.download
+
+    def heard(call: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any, **kw: Any) -> Any:
+            try:
+                return call(*args, **kw)
+            except HubUnavailable as exc:
+                cut.append(exc.message)
+                raise
+        return run
+
+    def fetch(path: str, *args: Any, **kw: Any) -> Any:
+        fetched.append(path.rsplit("/", 1)[-1])
+        return download(path, *args, **kw)
+
+    setattr(client, "get", heard(client.get))  # noqa: B010 (a method: mypy)
+    setattr(client, "download", heard(fetch))  # noqa: B010
+    try:
+        puller.pull()
+    finally:
+        for name, was in own.items():
+            if was is None:
+                delattr(client, name)
+            else:
+                setattr(client, name, was)
+    return cut, fetched
 
 @pytest.fixture(scope="module")
 def hub(weed: Any, postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
