@@ -106,7 +106,8 @@ class _Scripted:
     """A server answering the list and images as a test says (``page(offset)`` -> items,
     ``image(id)`` -> bytes), on loopback."""
 
-    def __init__(self, page: object, image: object, total: int | Callable[[], int]) -> None:
+    def __init__(self, page: object, image: object, total: int | Callable[[], int],
+                 regions: bytes | None = None) -> None:
         outer = self
 
         self.asked: list[str] = []
@@ -114,11 +115,13 @@ class _Scripted:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.asked.append(self.path)
-                if self.path.startswith("/v1/recipes/"):
+                if self.path.startswith("/v1/recipes/") and regions is None:
                     # a recipe's regions (session 56): none, as a release before the route
                     self.send_error(404)
                     return
-                if self.path.startswith("/v1/inspections?"):
+                if self.path.startswith("/v1/recipes/"):
+                    data, ctype = regions or b"", "application/json"
+                elif self.path.startswith("/v1/inspections?"):
                     offset = int(self.path.split("offset=")[1].split("&")[0])
                     listed = page(offset)  # type: ignore[operator]
                     # (a dict: the page's fields, e.g. items and left_out)
@@ -609,3 +612,33 @@ def test_a_class_name_that_is_not_plain_text_leaves_its_inspection_out(
     assert any(m.startswith("pull: 2 inspection(s) left out, a class name holds a control or "
                             "bidirectional character") and f"(e.g. inspection {forged})" in m
                for m in caplog.messages), caplog.messages
+
+
+@pytest.mark.parametrize("padding", [0, 8 << 20], ids=["as sent", "over the bound"])
+def test_a_regions_answer_over_its_bound_leaves_the_frames_whole(
+        tmp_path: Path, padding: int) -> None:
+    """A recipe's regions answer is a few MB at most (a versions file's bound): a hostile
+    server's 64 MB of polygons were parsed whole, a GB held (adversarial review, session
+    56). Over 8 MB it is not read: the frames are pulled whole and said, the pull goes on."""
+    import numpy as np
+
+    from lineside_inspect.imageio import read_image
+    from lineside_inspect.package import PAD_VALUE
+
+    regions = json.dumps({"name": "r", "version": "1", "versions": {"1": {
+        "roi": [[[0, 0], [4, 0], [4, 8], [0, 8]]]}}}).encode()
+    srv = _Scripted(lambda o: [_item(_ids(1)[0])] if o == 0 else [],
+                    lambda path: _png(8, 8), total=1, regions=b" " * padding + regions)
+    try:
+        ds = pull_from_server(srv.url, tmp_path / "pulled")
+    finally:
+        srv.close()
+    [rec] = ds.images
+    frame = read_image(tmp_path / "pulled" / "images" / rec.file_name)
+    info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
+    if padding:
+        assert (frame == 0).all() and info["recipe_regions_unknown"] == {"r:1": [rec.file_name]}
+    else:  # (the right half, which the roi never judged, painted)
+        assert (frame[:, 4:] == PAD_VALUE).all() and (frame[:, :4] == 0).all()
+        assert info["outside_recipe_regions"]["painted_out"] == [rec.file_name]
+    assert np.asarray(frame).shape == (8, 8, 3)

@@ -294,3 +294,38 @@ def _square(shape: tuple[int, ...], polygon: list[list[int]]) -> np.ndarray:
     (x1, y1), (x2, y2) = polygon[0], polygon[2]
     out[y1:y2, x1:x2] = True
     return out
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_a_version_of_too_many_points_is_pulled_whole_not_painted_for_ever(
+        station: tuple[Running, dict[str, Any]], how: str, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Painting costs rows x edges for each frame an alignment shifted: a roi of a
+    million points (a hostile server's answer, a hand-edited versions file) took 10 s a
+    frame. A version past MAX_PAINTED_POINTS is pulled whole and said (adversarial
+    review, session 56)."""
+    from lineside_inspect.store.pull_regions import MAX_PAINTED_POINTS
+
+    srv, got = station
+    path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"
+    kept = path.read_bytes()
+    doc = json.loads(kept)
+    n = MAX_PAINTED_POINTS + 1  # a circle in the left half: a polygon the rules accept
+    doc["regions"]["1"] = {"roi": [[[160 + 150 * np.cos(2 * np.pi * i / n),
+                                     320 + 150 * np.sin(2 * np.pi * i / n)] for i in range(n)]]}
+    path.write_text(json.dumps(doc))
+    try:
+        with caplog.at_level(logging.WARNING, logger="lineside"):
+            _pull(srv, how, tmp_path / "pulled")
+    finally:
+        path.write_bytes(kept)
+    by_id = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images
+             if r.reference is not None}
+    old = by_id[got["1"]["id"]]
+    assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name),
+                          read_image(PAIR / "00041000_test.jpg"))
+    assert by_id[got["2"]["id"]].file_name.endswith(".png")  # (version 2: painted)
+    info = json.loads((tmp_path / "pulled" / "annotations.json").read_text())["info"]
+    assert info["recipe_regions_unknown"] == {"ref-roi:1": [old.file_name]}
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"hold {n} points" in m for m in said), said

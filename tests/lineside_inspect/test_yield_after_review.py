@@ -147,3 +147,20 @@ def test_pages_show_the_yield_after_review_and_the_unreviewed_fails(
     page.goto(srv.url + "/")
     expect(page.locator('#yield-shift [data-field="detail"]')).to_contain_text(said)
     expect(page.locator('#yield-shift [data-field="pct"]')).to_have_text("33.3%")
+
+
+def test_a_row_of_neither_verdict_is_in_no_count(launch: Any) -> None:
+    """A row whose verdict is neither pass nor fail (hand-edited, written by another tool)
+    is in neither ``passes`` nor ``fails``: a review of it made it a pass after review, and
+    the yield after review passed 100 % (review, session 56)."""
+    srv = launch(store_pass_rate=1.0)
+    [odd, kept] = _inspect(srv, "cam1", 2)
+    _set(srv, {odd: {"verdict": "fail"}, kept: {"verdict": "pass"}})
+    with srv.client("reviewer") as c:
+        assert c.post(f"/v1/inspections/{odd}/reviews",
+                      json={"action": "false_reject"}).status_code == 200
+        _set(srv, {odd: {"verdict": "maybe"}})  # edited after its review
+        [station] = c.get("/v1/stats").json()["stations"]
+    assert _whole(station) == {"passes": 1, "fails": 0, "inspections": 1, "yield_pct": 100.0,
+                               "passes_after_review": 1, "unreviewed_fails": 0,
+                               "reviewed_yield_pct": 100.0}

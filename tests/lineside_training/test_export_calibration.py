@@ -128,3 +128,16 @@ def test_an_int8_export_records_its_sample_and_says_it_is_thin(evaluated: Path,
     assert q["calibration_files"] == [r.file_name for r in calibration_sample(_val(), 4)]
     assert any("only 4 image(s)" in n for n in q["calibration_notes"])
     assert any("only 4 image(s)" in n for n in summary["notes"])
+
+
+@pytest.mark.parametrize("count", [0, -3])
+def test_a_calibration_of_no_image_is_refused_before_any_work(tiny_run: Path, tmp_path: Path,
+                                                              count: int) -> None:
+    """0 calibrated int8 on no image at all and a negative count took all val images but
+    that many (the Python API; the CLI's option refuses both): refused, naming it."""
+    from lineside_inspect.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"--calibration-images must be at least 1 .*got {count}"):
+        export(tiny_run, tmp_path / "out" / "1", int8=True, calibration_images=count,
+               parity_images=1, latency_runs=1)
+    assert not (tmp_path / "out").exists()

@@ -406,6 +406,11 @@ def export(
     timed per graph for the card's fp32 and lower-precision p50 (their median).
     ``calibration_images`` of val (at most) calibrate ``int8``, sampled with
     ``calibration_seed`` across its groups and kinds of part (:func:`calibration_sample`)."""
+    if int8 and (calibration_images < 1 or calibration_seed < 0):
+        # (the CLI's options say so too): 0 calibrated on no image, past onnxruntime's
+        # checks, and a negative count took all val images but that many
+        raise ConfigError("--calibration-images must be at least 1 and --calibration-seed "
+                          f"at least 0 (got {calibration_images} and {calibration_seed})")
     out = check_out(out, overwrite, run=run)
     trained = load_trained(run, "cpu")
     cfg = trained.config

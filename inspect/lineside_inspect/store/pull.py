@@ -65,6 +65,9 @@ PAGE = 500
 MAX_PULL_IMAGE_BYTES = 64 << 20
 ANSWER_TIMEOUT_S = 300.0
 MAX_PAGE_BYTES = 64 << 20
+# a recipe's regions answer: a server's versions file is 4 MB at most, its regions 2 MB of
+# it (recipes/saved.py); 64 MB of polygons from a hostile server held a GB (session 56)
+MAX_REGIONS_BYTES = 8 << 20
 
 
 def _folder(camera_id: str | None, inspection_id: str) -> str:
@@ -936,7 +939,12 @@ def _regions(c: httpx.Client, url: str, name: str) -> RecipeRegions | None:
     server of a release before the route: 404; an answer that is not a Lineside one): its
     frames are pulled whole, said at the end (``pull_regions.Regions.say``). Never a
     reason to stop the pull: a proxy's page for a path it does not know is no defect."""
-    r = _get(c, url, f"/v1/recipes/{name}/regions", MAX_PAGE_BYTES)
+    try:
+        r = _get(c, url, f"/v1/recipes/{name}/regions", MAX_REGIONS_BYTES)
+    except ConfigError as exc:  # (over the bound, or an encoding it does not read)
+        log.warning("pull: recipe %s's regions not read (%s): its frames are pulled whole",
+                    name, exc.message)
+        return None
     if r.status_code != 200:
         log.info("pull: recipe %s's regions not read (%d)", name, r.status_code)
         return None

@@ -44,6 +44,11 @@ log = logging.getLogger("lineside.store")
 
 # what :class:`Regions` reads a recipe name's regions with: None when it cannot say
 Source = Callable[[str], RecipeRegions | None]
+# points of one version's roi and ignore the pull paints by: painting costs rows x edges
+# for each frame an alignment shifted, and a hostile server's answer of a million points
+# took 10 s a frame (adversarial review, session 56); a recipe put over the API holds a
+# few thousand at most (its 64 KB body). A version past it is pulled whole, said
+MAX_PAINTED_POINTS = 20_000
 
 
 def store_source(recipes_dir: Path) -> Source:
@@ -77,7 +82,9 @@ class Regions:
 
     def __init__(self, source: Source) -> None:
         self.source = source
-        self.read: dict[str, RecipeRegions | None] = {}
+        # name -> version -> its (roi, ignore), None when it judges the whole frame, False
+        # when past MAX_PAINTED_POINTS (the answer itself is not kept: it may be MBs)
+        self.read: dict[str, dict[str, Looks | bool | None]] = {}
         self.unknown: dict[tuple[str, str], list[str]] = {}  # (recipe, version) -> file names
         self.masked: list[str] = []  # file names of frames painted out
 
@@ -86,14 +93,8 @@ class Regions:
         frame; False when that version's regions are not known here."""
         name, version = str(item["recipe"]["name"]), str(item["recipe"]["version"])
         if name not in self.read:
-            self.read[name] = self.source(name)
-        got = self.read[name]
-        regions = None if got is None else got.versions.get(version)
-        if regions is None:
-            return False
-        if not regions.roi and not regions.ignore:
-            return None
-        return (tuple(tuple(p) for p in regions.roi), tuple(tuple(p) for p in regions.ignore))
+            self.read[name] = _looks(name, self.source(name))
+        return self.read[name].get(version, False)
 
     def note_unknown(self, item: dict[str, Any], file_name: str) -> None:
         key = (str(item["recipe"]["name"]), str(item["recipe"]["version"]))
@@ -127,6 +128,25 @@ class Regions:
             info["recipe_regions_unknown"] = {
                 f"{n}:{v}": f for (n, v), f in unknown.items()}
         return info
+
+
+def _looks(name: str, got: RecipeRegions | None) -> dict[str, Looks | bool | None]:
+    """Each version's regions as :class:`Regions` paints by (converted once, not per
+    frame: the tuples are also the painting cache's key)."""
+    out: dict[str, Looks | bool | None] = {}
+    for version, regions in ({} if got is None else got.versions).items():
+        points = sum(map(len, regions.roi)) + sum(map(len, regions.ignore))
+        if points > MAX_PAINTED_POINTS:
+            log.warning("pull: recipe %s version %s's regions hold %d points, over the %d "
+                        "the pull paints by: its frames are pulled whole", name, version,
+                        points, MAX_PAINTED_POINTS)
+            out[version] = False
+        elif regions.roi or regions.ignore:
+            out[version] = (tuple(tuple(p) for p in regions.roi),
+                            tuple(tuple(p) for p in regions.ignore))
+        else:
+            out[version] = None
+    return out
 
 
 def judged(regions: Looks, width: int, height: int,

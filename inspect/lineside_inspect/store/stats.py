@@ -255,7 +255,9 @@ def _tallied(s: Session, *keys: Any) -> Any:
     after = _after_review(s.get_bind().dialect.name)
     fail, passed = InspectionRow.verdict == "fail", InspectionRow.verdict == "pass"
     return select(*keys, func.count().filter(passed), func.count().filter(fail),
-                  func.count().filter(func.coalesce(after, InspectionRow.verdict) == "pass"),
+                  # (of a pass or a fail: a row of neither, hand-edited, is in no count)
+                  func.count().filter(or_(passed, fail),
+                                      func.coalesce(after, InspectionRow.verdict) == "pass"),
                   func.count().filter(fail, after.is_(None)))
 
 
