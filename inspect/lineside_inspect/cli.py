@@ -257,8 +257,10 @@ def data_stats(
         out.print_json(json.dumps(s))
     else:
         splits = list(s["boxes_per_class"])
+        painted = (f", {s['painted_out']} painted out (grey) where their recipe never "
+                   "judged" if s["painted_out"] else "")
         table = Table(title=f"{root}: {s['images']} images, {s['groups']} groups, "
-                            f"{s['with_reference']} with a reference")
+                            f"{s['with_reference']} with a reference{painted}")
         table.add_column("")
         for split in splits:
             table.add_column(split, justify="right")

@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lineside_inspect.dataset import read_dataset, validate_dir
+from lineside_inspect.dataset import dataset_stats, read_dataset, validate_dir
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.store.pull import pull_from_server, pull_from_store
+from lineside_inspect.store.pull_regions import painted_area
 
 from .conftest import ROOT, Running, keyed, start_server
 
@@ -329,3 +330,28 @@ def test_a_version_of_too_many_points_is_pulled_whole_not_painted_for_ever(
     assert info["recipe_regions_unknown"] == {"ref-roi:1": [old.file_name]}
     said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"hold {n} points" in m for m in said), said
+
+
+def test_the_set_says_each_painted_frames_regions_and_stats_counts_them(
+        station: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
+    """`data stats` said nothing of the painted frames, and the set kept no word of which
+    regions painted them: evaluation scored the model's boxes on the grey (session 56).
+    The painted area read back from the set is exactly the grey the pull wrote."""
+    srv, got = station
+    _pull(srv, "store", tmp_path / "pulled")
+    ds = read_dataset(tmp_path / "pulled")
+    said = ds.info["outside_recipe_regions"]
+    assert isinstance(said, dict)
+    assert said["judged_by"] == {f"{n}": f"ref-roi:{v}" for v in ("1", "2")
+                                 for n in said["painted_out"] if got[v]["id"] in n}
+    assert said["regions"]["ref-roi:1"] == {"roi": [_floats(LEFT)], "ignore": [_floats(IGNORE)]}
+    assert dataset_stats(ds)["painted_out"] == 2
+    for rec in ds.images:
+        area = painted_area(ds, rec)
+        if rec.reference is None:  # a golden is no frame a recipe judged
+            assert area is None
+            continue
+        assert area is not None
+        frame = read_image(tmp_path / "pulled" / "images" / rec.file_name)
+        assert (frame[area] == PAD_VALUE).all()
+        assert not (frame[~area] == PAD_VALUE).all(axis=-1).all()

@@ -21,6 +21,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.tiles import Tiling
+from lineside_inspect.store.pull_regions import painted_area
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 from lineside_training.models.postprocess import detections_per_image
 from lineside_training.package_writer import export_graph
@@ -74,6 +75,24 @@ def predict_records(
     else:
         out = _predict(torch_run, loader, records, size)
     model.train(was_training)
+    return off_the_grey(dataset, records, out)
+
+
+def off_the_grey(dataset: Dataset, records: list[ImageRecord],
+                 preds: list[Prediction]) -> list[Prediction]:
+    """``preds`` without the boxes centred where a pull painted the frame out (its recipe
+    never judged there: :func:`lineside_inspect.store.pull_regions.painted_area`), as the
+    recipe's roi/ignore drop them on the line; a frame not painted keeps all of its own."""
+    out = []
+    for rec, p in zip(records, preds, strict=True):
+        grey = painted_area(dataset, rec) if len(p.boxes) else None
+        if grey is not None:
+            h, w = grey.shape
+            cx = np.clip(np.floor((p.boxes[:, 0] + p.boxes[:, 2]) / 2), 0, w - 1).astype(int)
+            cy = np.clip(np.floor((p.boxes[:, 1] + p.boxes[:, 3]) / 2), 0, h - 1).astype(int)
+            keep = ~grey[cy, cx]
+            p = Prediction(p.boxes[keep], p.scores[keep], p.labels[keep])
+        out.append(p)
     return out
 
 
@@ -213,4 +232,4 @@ def runtime_predictions(detector: Detector, records: list[ImageRecord], dataset:
     for rec in records:
         d = detector.predict(*runtime_inputs(detector, dataset, rec), tiling=tiling)[0]
         out.append(Prediction(d.xyxy, d.scores, d.class_ids))
-    return out
+    return off_the_grey(dataset, records, out)

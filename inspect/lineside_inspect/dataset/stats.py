@@ -107,6 +107,17 @@ def _bin_name(lo: int, hi: int) -> str:
     return f">={lo}px" if hi >= 10**9 else f"{lo}-{hi}px"
 
 
+def painted_out(dataset: Dataset) -> int:
+    """How many of the set's frames a pull painted out where their recipe's roi/ignore
+    never judged them (``info.outside_recipe_regions``): stats said nothing of them, and
+    their grey is no part of the product (session 56)."""
+    said = dataset.info.get("outside_recipe_regions")
+    names = said.get("painted_out") if isinstance(said, dict) else None
+    if not isinstance(names, list):
+        return 0
+    return len({r.file_name for r in dataset.images} & {n for n in names if isinstance(n, str)})
+
+
 def dataset_stats(dataset: Dataset) -> dict[str, Any]:
     """Counts per class and split, good vs defective images, and a histogram of box
     sizes (longer side, in pixels)."""
@@ -127,6 +138,8 @@ def dataset_stats(dataset: Dataset) -> dict[str, Any]:
         "images": len(dataset.images),
         "groups": len({r.group for r in dataset.images if r.group is not None}),
         "with_reference": sum(r.reference is not None for r in dataset.images),
+        # frames `data pull` painted grey where their recipe never judged (said in its info)
+        "painted_out": painted_out(dataset),
         "classes": list(dataset.categories),
         "boxes_per_class": {s: {c: boxes[s][c] for c in dataset.categories} for s in splits},
         "images_per_split": {s: dict(images[s]) for s in splits},

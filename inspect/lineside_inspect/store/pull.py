@@ -461,7 +461,7 @@ class _Placing:
             return str(got if isinstance(got, str) else ref)
         image.unlink()  # (the frame as staged: a link to the store's file is never written to)
         rec.source, rec.file_name = target, f"{rec.file_name.rsplit('.', 1)[0]}.png"
-        self.regions.masked.append(rec.file_name)
+        self.regions.note_painted(item, rec.file_name, area)
         if ref is None:
             return target, None, got
         # (named by its content, as a stored golden: pairs whose masks agree share it)

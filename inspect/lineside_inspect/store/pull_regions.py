@@ -9,7 +9,9 @@ exporters read boxes only), so the pull paints them out instead: each pixel the 
 never judged is set to the letterbox's pad value, the grey a detector already learns as
 nothing, in the frame and its golden alike; the truth's own boxes stay as they are (a
 reviewer's box drawn outside the roi is a defect someone saw). The frame is then written
-as PNG (lossless, as an aligned frame is) and the dataset's ``info`` says which.
+as PNG (lossless, as an aligned frame is) and the dataset's ``info`` says which, and by
+which recipe version's regions: evaluation drops a prediction centred in the grey
+(:func:`painted_area`), as the recipe would have.
 
 The regions are the recipe's of the version that judged: a server answers each version
 of a name it knows in one answer (``GET /v1/recipes/{name}/regions``: the one judging
@@ -30,14 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset import Box
+from lineside_inspect.dataset import Box, Dataset, ImageRecord
+from lineside_inspect.errors import DatasetError
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.recipes.saved import SavedRecipes
 from lineside_inspect.recipes.schema import Recipe, RecipeRegions
-from lineside_inspect.runtime.anomaly_map import Looks, _looked_at
+from lineside_inspect.runtime.anomaly_map import Looks, Points, _looked_at
 from lineside_inspect.runtime.preprocess import Letterbox
 
 log = logging.getLogger("lineside.store")
@@ -87,6 +90,10 @@ class Regions:
         self.read: dict[str, dict[str, Looks | bool | None]] = {}
         self.unknown: dict[tuple[str, str], list[str]] = {}  # (recipe, version) -> file names
         self.masked: list[str] = []  # file names of frames painted out
+        # each painted frame's recipe "name:version", and that version's (roi, ignore): the
+        # set says them (``info``), so evaluation drops what lands in the grey (:func:`painted_area`)
+        self.judged_by: dict[str, str] = {}
+        self.looks: dict[str, Looks] = {}
 
     def of(self, item: dict[str, Any]) -> Looks | bool | None:
         """``item``'s recipe's (roi, ignore) when it has any; None when it judges the whole
@@ -95,6 +102,12 @@ class Regions:
         if name not in self.read:
             self.read[name] = _looks(name, self.source(name))
         return self.read[name].get(version, False)
+
+    def note_painted(self, item: dict[str, Any], file_name: str, looks: Looks) -> None:
+        key = f"{item['recipe']['name']}:{item['recipe']['version']}"
+        self.masked.append(file_name)
+        self.judged_by[file_name] = key
+        self.looks[key] = looks
 
     def note_unknown(self, item: dict[str, Any], file_name: str) -> None:
         key = (str(item["recipe"]["name"]), str(item["recipe"]["version"]))
@@ -110,10 +123,16 @@ class Regions:
                         "ignore never judged them: a detection there was never counted nor "
                         "reviewed, so it is no known background (e.g. %s)", len(masked),
                         PAD_VALUE, masked[0])
+            keys = sorted({self.judged_by[f] for f in masked})
             info["outside_recipe_regions"] = {
                 "painted_out": masked, "fill": PAD_VALUE,
                 "why": "pixels the recipe's roi/ignore never judged: unlabelled, so painted "
-                       "out (the truth's boxes kept)"}
+                       "out (the truth's boxes kept)",
+                # what `lineside evaluate` drops a prediction centred in (painted_area)
+                "judged_by": {f: self.judged_by[f] for f in masked},
+                "regions": {k: {"roi": [list(map(list, p)) for p in self.looks[k][0]],
+                                "ignore": [list(map(list, p)) for p in self.looks[k][1]]}
+                            for k in keys}}
         unknown = {k: [f for f in v if f in kept] for k, v in self.unknown.items()}
         unknown = {k: v for k, v in unknown.items() if v}
         if unknown:
@@ -183,3 +202,47 @@ def painted(data: bytes, mask: np.ndarray, path: Path) -> bytes | str:
     out = buf.tobytes()
     path.write_bytes(out)
     return out
+
+
+def painted_area(dataset: Dataset, rec: ImageRecord) -> np.ndarray | None:
+    """The pixels of ``rec``'s frame a pull painted out (its recipe never judged them, not
+    in its truth's boxes), from the set's ``info.outside_recipe_regions``; None for a
+    frame not painted. A prediction centred there is one the recipe would never have
+    counted, on grey: evaluation scored the painted edges (a trace cut off looks like an
+    `open`, an ignored square like a `short`) as false alarms (session 56)."""
+    said = dataset.info.get("outside_recipe_regions")
+    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
+        return None  # none painted, or a pull of before session 56 (no regions said)
+    key = said["judged_by"].get(rec.file_name)
+    if key is None:
+        return None
+    looks = _said_looks(said.get("regions"), key)
+    if looks is None:
+        raise DatasetError(f"{dataset.root}: annotations.json info.outside_recipe_regions "
+                           f"names {key!r} as the recipe that judged {rec.file_name!r} but "
+                           "holds no roi/ignore polygons of it (lists of [x, y] points) "
+                           "under 'regions'; remove 'judged_by' to evaluate the frames whole")
+    return unjudged(looks, rec.width, rec.height, rec.aligned, rec.boxes)
+
+
+def _said_looks(regions: object, key: object) -> Looks | None:
+    """The (roi, ignore) said for ``key`` in the set's ``regions``, or None when not well
+    formed (a hand-edited file)."""
+    got = regions.get(key) if isinstance(regions, dict) and isinstance(key, str) else None
+    if not isinstance(got, dict):
+        return None
+    out: list[tuple[Points, ...]] = []
+    for part in ("roi", "ignore"):
+        polys = got.get(part)
+        if not isinstance(polys, list):
+            return None
+        points: list[Points] = []
+        for poly in polys:
+            if not isinstance(poly, list) or len(poly) < 3 or not all(
+                    isinstance(p, list) and len(p) == 2
+                    and all(isinstance(v, int | float) and not isinstance(v, bool)
+                            and np.isfinite(v) for v in p) for p in poly):
+                return None
+            points.append(tuple((float(p[0]), float(p[1])) for p in poly))
+        out.append(tuple(points))
+    return out[0], out[1]
