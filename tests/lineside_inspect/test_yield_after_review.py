@@ -164,3 +164,24 @@ def test_a_row_of_neither_verdict_is_in_no_count(launch: Any) -> None:
     assert _whole(station) == {"passes": 1, "fails": 0, "inspections": 1, "yield_pct": 100.0,
                                "passes_after_review": 1, "unreviewed_fails": 0,
                                "reviewed_yield_pct": 100.0}
+
+
+@pytest.mark.parametrize("fleet", [None, {"site": "plant-a", "line": None, "box_id": "box1"}])
+def test_the_versions_csv_names_each_column_once(fleet: dict[str, str | None] | None) -> None:
+    """The per-version CSV's rows name their recipe (and on a hub their box): its header
+    named ``recipe`` (and ``box_id``) twice, once for the row and once for the scope, and
+    a script keying columns by name (``csv.DictReader``) read ``(all)`` as every row's
+    recipe (new user walk, session 56)."""
+    from lineside_inspect.server.routes.page_data import csv_rows
+    row = {"box_id": "box1", "model": "deeppcb", "recipe": "deeppcb", "version": "2",
+           "first": None, "last": None, "passes": 6, "fails": 12, "inspections": 18,
+           "yield_pct": 33.33, "passes_after_review": 6, "unreviewed_fails": 4,
+           "reviewed_yield_pct": 33.33}
+    doc = {"camera_id": None, "recipe": None, "versions": [row]}
+    head, *rows = csv_rows(doc, "versions", fleet)
+    assert len(head) == len(set(head)), head
+    [read] = [dict(zip(head, r, strict=True)) for r in rows]
+    assert read["recipe"] == "deeppcb" and read["camera_id"] == "(all)"
+    assert read["version"] == "2" and read["reviewed_yield_pct"] == 33.33
+    if fleet is not None:
+        assert read["box_id"] == "box1" and read["site"] == "plant-a"

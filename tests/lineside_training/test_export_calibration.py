@@ -64,6 +64,14 @@ def test_a_reference_model_calibrates_on_real_pairs_first() -> None:
     record, notes = calibration_record(chosen, val, 0, reference=True)
     assert record["calibration_pairs"] == 8
     assert not any("reference of their own" in n for n in notes)
+    # the sample's pairs are all defective (its good parts are the templates): the note
+    # says that, not "too few images" (8 of 20 took both kinds for a single-image model),
+    # and that the option, not the set, cut the count (new user walk, session 56)
+    assert ("int8 calibration images are all defective parts (val's good parts have no "
+            "golden image of their own, and a reference model calibrates on images with one "
+            "first)") in " ".join(notes), notes
+    assert any("raise --calibration-images (val has 20 images), or ship fp32" in n
+               for n in notes), notes
     selfpairs = [r for r in val if r.reference is None]
     record, notes = calibration_record(selfpairs, selfpairs, 0, reference=True)
     assert record["calibration_pairs"] == 0
@@ -90,6 +98,7 @@ def test_a_thin_calibration_is_said() -> None:
     record, notes = calibration_record(defective, defective, 0, reference=False)
     assert record["calibration_groups"] == {}  # a set without groups names none
     assert len(notes) == 2 and notes[0].startswith("int8 calibrated on only 10 image(s)")
+    assert notes[0].endswith("give --data a set with more val images, or ship fp32")
     assert notes[1:] == ["int8 calibration images are all defective parts (so is every val "
                      "image: give --data a set with both): activation scales of the other "
                      "kind are not seen"]

@@ -19,7 +19,7 @@ CALIBRATION_SEED = 0
 # so a handful of them rarely spans what the line shows)
 FEW_CALIBRATION_IMAGES = 16
 SAMPLING = ("seeded; round-robin over the val groups, within each over good and defective "
-            "parts and their classes (a reference model's own-reference pairs first)")
+            "parts and their classes (a reference model's images with a golden of their own first)")
 
 
 def _stratum(rec: ImageRecord) -> str:
@@ -89,10 +89,13 @@ def calibration_record(chosen: list[ImageRecord], records: list[ImageRecord], se
         record["calibration_pairs"] = sum(r.reference is not None for r in chosen)
     notes = []
     if len(chosen) < FEW_CALIBRATION_IMAGES:
+        # a val with more images than were taken: the option cut it, not the set
+        more = (f"raise --calibration-images (val has {len(records)} images)"
+                if len(records) > len(chosen) else "give --data a set with more val images")
         notes.append(f"int8 calibrated on only {len(chosen)} image(s) (fewer than "
                      f"{FEW_CALIBRATION_IMAGES}): its activation scales are from the extremes "
-                     "of those few and may clip or coarsen what other parts show; give --data "
-                     "a set with more val images, or ship fp32")
+                     f"of those few and may clip or coarsen what other parts show; {more}, "
+                     "or ship fp32")
     if len(groups) < len(all_groups):
         notes.append(f"int8 calibration covers {len(groups)} of the {len(all_groups)} val "
                      "groups (--calibration-images is fewer than the groups): the others' "
@@ -100,7 +103,14 @@ def calibration_record(chosen: list[ImageRecord], records: list[ImageRecord], se
     if chosen and (good == 0 or good == len(chosen)):
         kind = "defective" if good == 0 else "good"
         val_too = all(bool(r.boxes) == (good == 0) for r in records)
+        # a reference model takes images with a golden of their own first: where only the
+        # other kind has one (DeepPCB: its good parts are the templates), "too few images"
+        # sent the user to raise a count that was not the cause
+        paired_too = all(bool(r.boxes) == (good == 0) for r in records if r.reference is not None)
+        other = "good" if good == 0 else "defective"
         why = ("so is every val image: give --data a set with both" if val_too
+               else f"val's {other} parts have no golden image of their own, and a reference "
+               "model calibrates on images with one first" if reference and paired_too
                else "too few images to take both")
         notes.append(f"int8 calibration images are all {kind} parts ({why}): activation "
                      "scales of the other kind are not seen")

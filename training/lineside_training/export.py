@@ -562,8 +562,10 @@ def export(
                 if not calib.get("calibration_notes"):
                     raise
                 # a thin calibration is a likely cause, and the card that said so is not kept
-                raise PackageError(f"{exc.message}; note: "
-                                   + "; ".join(calib["calibration_notes"])) from None
+                # (a line each, as export prints them when it ships: one line of three
+                # notes joined by "; " read as one sentence)
+                raise PackageError(f"{exc.message}\n  note: "
+                                   + "\n  note: ".join(calib["calibration_notes"])) from None
     summary["sha256"] = card.sha256
     if tiling is not None:
         summary["tiling"] = tiling.model_dump()

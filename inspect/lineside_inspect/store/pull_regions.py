@@ -119,10 +119,11 @@ class Regions:
         info: dict[str, object] = {}
         masked = [f for f in self.masked if f in kept]
         if masked:
-            log.warning("pull: %d frame(s) painted out (grey %d) where their recipe's roi/"
-                        "ignore never judged them: a detection there was never counted nor "
-                        "reviewed, so it is no known background (e.g. %s)", len(masked),
-                        PAD_VALUE, masked[0])
+            log.warning("pull: %d frame(s) painted out (grey %d) outside their recipe's roi "
+                        "and inside its ignore: the line never judged those pixels, so a "
+                        "detection there was never counted nor reviewed and they are not "
+                        "known to be defect-free; the dataset's info.outside_recipe_regions "
+                        "lists them (e.g. %s)", len(masked), PAD_VALUE, masked[0])
             keys = sorted({self.judged_by[f] for f in masked})
             info["outside_recipe_regions"] = {
                 "painted_out": masked, "fill": PAD_VALUE,

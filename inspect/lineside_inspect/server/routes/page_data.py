@@ -413,10 +413,15 @@ def csv_rows(doc: dict[str, Any], table: str,
                 ["escapes", q["escapes"], q["reviewed_passes"],
                  None if q["escape_rate"] is None else round(100 * q["escape_rate"], 2)]]
     if table == "versions":
-        return [[*box_head, "model", "recipe", "version", "first_utc", "last_utc", *head,
-                 *figure]] + [
-            [*box(r), r["model"], r["recipe"], r["version"], r["first"], r["last"], *scope,
-             *(r[k] for k in figure)] for r in doc["versions"]]
+        # a row names its own box and recipe: the scope's of those names are left out (the
+        # rows are of that box and recipe already), else a header naming "recipe" twice
+        # read "(all)" as each row's recipe in a script keying columns by name
+        own = {"box_id", "recipe"}
+        kept = [i for i, h in enumerate(head) if h not in own]
+        return [[*box_head, "model", "recipe", "version", "first_utc", "last_utc",
+                 *(head[i] for i in kept), *figure]] + [
+            [*box(r), r["model"], r["recipe"], r["version"], r["first"], r["last"],
+             *(scope[i] for i in kept), *(r[k] for k in figure)] for r in doc["versions"]]
     if table == "reviewers":
         actions = sorted({a for r in doc["reviewers"] for a in r["actions"]})
         return [["reviewer", "reviews", *actions]] + [
