@@ -490,7 +490,7 @@ def test_a_row_removed_from_a_page_already_read_costs_no_later_row(
             with Session(store.engine) as s, s.begin():
                 row = s.get(InspectionRow, newest_first[0])
                 assert row is not None
-                store._delete(s, row, [])
+                store._delete(s, row, None, [])
 
     def query(*args: object, **kwargs: object) -> object:
         remove_one_read()

@@ -623,7 +623,7 @@ def test_startup_cleanup_keeps_images_a_database_restored_from_an_old_backup_doe
     with Store(tmp_path) as store:
         for inspection in old:  # retention, since the backup
             with store.locked_inspection(inspection.id) as (s, row):
-                store._delete(s, row, [])
+                store._delete(s, row, None, [])
         new = [_inspection(detector, "fail") for _ in range(25)]
         for inspection in new:
             assert store.save(inspection)

@@ -2,7 +2,8 @@
 yield after review (a false reject overturned is a pass, a drawn missed defect a fail, by
 store.models.reviewed_verdict's rule), with the fails no review has judged yet, per hour,
 shift, station, model version and on the status page; on SQLite and PostgreSQL, through
-/v1/stats, its CSV and /v1/overview, and through retention (which keeps no reviews)."""
+/v1/stats, its CSV and /v1/overview, and through retention (which keeps each removed
+inspection's verdict after review in its history, store/history.py)."""
 
 from __future__ import annotations
 
@@ -90,16 +91,29 @@ def test_yield_after_review_per_hour_shift_station_version_and_status(
         "passes_after_review": 3, "unreviewed_fails": 2, "reviewed_yield_pct": 60.0}
     assert by_version["1"]["first"] is not None and by_version["1"]["recipe"] == station["recipe"]
     assert {r["version"]: int(r["passes_after_review"]) for r in versions_csv} == {"1": 2, "2": 3}
-    # retention keeps no reviews: the removed inspections count at the machine's verdict,
-    # their fails as unreviewed; no version is known of them
+    # retention keeps each removed inspection's verdict after review beside its machine
+    # verdict: the figures stay (they dropped to the first pass, every fail unreviewed);
+    # no version is known of them. The quota first (reviewed fails go before unreviewed
+    # ones), then the age limit
     _set(srv, {i: {"created_at": now - timedelta(hours=3)} for i in ids.values()})
+    with srv.client("viewer") as c:
+        before = c.get("/v1/stats").json()
     store = srv.app.state.store
-    store.max_age_days = 1 / 24
-    assert store.enforce_retention() == len(PARTS)
+    store.checkpoint()
+    image = max(r.image_bytes for r in store.query(limit=len(PARTS))[1])
+    store.max_bytes = store.used_bytes() - 6 * image  # the 4 passes and 2+ reviewed fails
+    removed = store.enforce_retention()
+    assert 6 <= removed < len(PARTS)
+    assert store.query(verdict="fail", review_state="unreviewed", limit=1)[0] == 2
+    store.max_bytes, store.max_age_days = None, 1 / 24
+    assert removed + store.enforce_retention() == len(PARTS)
     with srv.client("viewer") as c:
         gone = c.get("/v1/stats").json()
-    assert _sum(gone["hourly"]) == {"passes": 4, "fails": 6, "inspections": 10,
-                                    "passes_after_review": 4, "unreviewed_fails": 6}
+    assert _sum(gone["hourly"]) == _sum(gone["shifts"]) == expected
+    [station] = gone["stations"]
+    assert _whole(station) == LINE
+    for figure in ("hourly", "shifts"):
+        assert [_whole(h) for h in gone[figure]] == [_whole(h) for h in before[figure]]
     assert gone["versions"] == []
 
 
@@ -185,3 +199,28 @@ def test_the_versions_csv_names_each_column_once(fleet: dict[str, str | None] | 
     assert read["version"] == "2" and read["reviewed_yield_pct"] == 33.33
     if fleet is not None:
         assert read["box_id"] == "box1" and read["site"] == "plant-a"
+
+
+def test_a_removed_row_of_neither_verdict_is_in_no_count(launch: Any) -> None:
+    """Retention removes a row whose verdict is neither pass nor fail (hand-edited): its
+    history slot is in no count, as the kept row was. It raised a KeyError in every yield
+    figure, and /v1/stats and the status page were a 500 (review, session 56)."""
+    srv = launch(store_pass_rate=1.0)
+    [odd, kept] = _inspect(srv, "cam1", 2)
+    old = datetime.now(UTC) - timedelta(hours=3)
+    _set(srv, {odd: {"verdict": "maybe", "created_at": old},
+               kept: {"verdict": "fail", "created_at": old}})
+    with srv.client("reviewer") as c:
+        assert c.post(f"/v1/inspections/{kept}/reviews",
+                      json={"action": "false_reject"}).status_code == 200
+    store = srv.app.state.store
+    store.max_age_days = 1 / 24
+    assert store.enforce_retention() == 2
+    with srv.client("viewer") as c:
+        r = c.get("/v1/stats")
+        assert r.status_code == 200, r.text
+        assert c.get("/v1/overview").status_code == 200
+    [station] = r.json()["stations"]
+    assert _whole(station) == {"passes": 0, "fails": 1, "inspections": 1, "yield_pct": 0.0,
+                               "passes_after_review": 1, "unreviewed_fails": 0,
+                               "reviewed_yield_pct": 100.0}

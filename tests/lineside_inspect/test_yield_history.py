@@ -113,11 +113,42 @@ def _counted(store: Store) -> int:
         return int(s.scalar(select(func.coalesce(func.sum(YieldHistoryRow.inspections), 0))) or 0)
 
 
+MISSED = [{"label": "short", "box": [10, 10, 40, 40]}]
+
+
+def _review_some(store: Store) -> int:
+    """Review some of ``store``'s parts so the yield after review is not the first pass:
+    every other fail overturned (a false reject), the others confirmed, every third pass
+    drawn a missed defect on (an escape); a few of each left unreviewed. The reviewed ones
+    are the quota's first fails to go (store._deletion_order). How many were reviewed."""
+    done = 0
+    for verdict, every, body in (("fail", 2, {"action": "false_reject"}),
+                                 ("pass", 3, {"action": "missed_defect", "boxes": MISSED})):
+        rows = store.query(verdict=verdict, limit=100)[1]
+        for i, row in enumerate(sorted(rows, key=lambda r: r.id)):
+            if i % every == 0:
+                store.review(row.id, reviewer="qa", **body)
+                done += 1
+            elif verdict == "fail" and i % 4 == 1:
+                store.review(row.id, reviewer="qa", action="confirm")
+                done += 1
+    return done
+
+
+def _after_review_differs(figures_: list[Any]) -> None:
+    """The figures read a yield after review that is not the first pass (the test means it)."""
+    hours = figures_[0]["hourly"]
+    assert sum(h["passes_after_review"] for h in hours) != sum(h["passes"] for h in hours)
+    assert sum(h["unreviewed_fails"] for h in hours) < sum(h["fails"] for h in hours)
+
+
 def test_a_windows_yield_is_the_same_after_retention_removes_rows(
         tmp_path: Path, detector: Detector, database_url: str | None) -> None:
     store = Store(tmp_path, database_url, pass_rate=1.0)
     total = _fill(store, detector)
+    assert _review_some(store) > 0
     before = _all_yields(store)
+    _after_review_differs(before)
     assert sum(h["inspections"] for h in before[0]["hourly"]) == total
     # the quota: passes go first, with their rows (the newest pass too, before any fail)
     store.checkpoint()
@@ -184,6 +215,7 @@ def test_boxes_sharing_postgresql_retaining_at_once_count_each_row_once(
     a = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
     b = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-b")
     total = _fill(a, detector) + _fill(b, detector)  # the same cameras, hours and recipes
+    assert _review_some(a) > 0  # (each store queries every box's rows: reviewed once)
     before = {box: [_yields(a, box_id=box, **scope) for scope in SCOPES]
               for box in ("box-a", "box-b", None)}
     start = threading.Barrier(2)
@@ -217,7 +249,9 @@ def test_a_row_another_process_deleted_first_is_counted_once(
     first = Store(tmp_path / "a", url, pass_rate=1.0, box_id="box-a")
     second = Store(tmp_path / "b", url, pass_rate=1.0, box_id="box-a")
     total = _fill(first, detector)
+    assert _review_some(first) > 0
     before = _all_yields(first)
+    _after_review_differs(before)
     admin = create_engine(url)
     racing: list[threading.Thread] = []
 
@@ -314,15 +348,23 @@ def test_the_hubs_merged_views_keep_their_yield_through_its_retention(
     with ServedHub(settings) as hub:
         plan = {"box1": [(100, "pass"), (100, "fail"), (80, "pass"), (5, "pass")],
                 "box2": [(90, "pass"), (90, "pass"), (70, "fail"), (4, "fail")]}
+        sent: dict[str, list[ForwardedInspection]] = {}
         for box, parts in plan.items():
             sender = client(hub, box)
-            ack = sender.post(sender.path(FORWARD), ForwardBatch(items=[
-                _forwarded(seq, h, v, box) for seq, (h, v) in enumerate(parts, 1)]), ForwardAck)
+            sent[box] = [_forwarded(seq, h, v, box) for seq, (h, v) in enumerate(parts, 1)]
+            ack = sender.post(sender.path(FORWARD), ForwardBatch(items=sent[box]), ForwardAck)
             assert ack.stored == len(parts)
             sender.close()
         with Session(hub.store.engine) as s, s.begin():  # as if received when they were made
             s.execute(update(InspectionRow).values(received_at=InspectionRow.created_at))
         qa = {"Authorization": f"Bearer {KEYS['qa']}"}
+        # reviewed on the hub, all of them to be removed: a false reject overturned, an
+        # escape drawn, a fail confirmed
+        for item, body in ((sent["box1"][1], {"action": "false_reject"}),
+                           (sent["box2"][0], {"action": "missed_defect", "boxes": MISSED}),
+                           (sent["box2"][2], {"action": "confirm"})):
+            r = httpx.post(f"{hub.url}/v1/inspections/{item.id}/reviews", headers=qa, json=body)
+            assert r.status_code in (200, 201), r.text
 
         def views() -> list[Any]:
             out = []
@@ -330,12 +372,16 @@ def test_the_hubs_merged_views_keep_their_yield_through_its_retention(
                           {"line": "line1", "camera_id": "cam1"}):
                 doc = httpx.get(f"{hub.url}/v1/stats", headers=qa,
                                 params={"hours": 120, **scope}).json()
-                out.append(({r["end"]: (r["passes"], r["fails"])
+                out.append(({r["end"]: (r["passes"], r["fails"], r["passes_after_review"],
+                                        r["unreviewed_fails"])
                              for r in doc["hourly"] if r["inspections"]}, doc["stations"]))
             return out
 
         before = views()
         assert sum(s["inspections"] for s in before[0][1]) == 8
+        # 5 passed the machine, 5 after review (1 overturned, 1 escape); 1 of 3 fails unreviewed
+        assert [sum(s[k] for s in before[0][1]) for k in (
+            "passes", "passes_after_review", "unreviewed_fails")] == [5, 5, 1]
         done = hub.app.state.retention.run_once()
         assert done.deleted == 6
         assert views() == before
@@ -355,6 +401,60 @@ def test_a_store_of_an_earlier_release_gains_the_history(
         assert again.enforce_retention(now=T) > 0
         assert _all_yields(again) == before
         assert _held(again) + _counted(again) == total
+
+
+AFTER_COLUMNS = ("after_counted", "passes_after_review", "unreviewed_fails")
+
+
+def test_history_without_verdicts_after_review_reads_at_the_machine_verdict(
+        tmp_path: Path, detector: Detector, database_url: str | None) -> None:
+    """The history of a release before its verdicts after review (session 56): the columns
+    are added at start, and its rows read as they did, at the machine verdict with their
+    fails unreviewed; the rows retention removes from then on keep their verdicts after
+    review. A removal an older release counts after a downgrade (to ``inspections``
+    only) reads at the machine verdict too, the rest of its slot as counted."""
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    _fill(store, detector)
+    assert _review_some(store) > 0
+    before = _all_yields(store)
+    store.max_age_days = 1  # the parts of over a day ago go, counted after review
+    assert store.enforce_retention(now=T) > 0
+    assert _all_yields(store) == before
+    with store.engine.begin() as c:  # the table as the release before wrote it
+        for column in AFTER_COLUMNS:
+            c.execute(text(f"ALTER TABLE yield_history DROP COLUMN {column}"))
+    store.close()
+    store = Store(tmp_path, database_url, pass_rate=1.0)
+    old = T - timedelta(hours=24)
+    hours = _yields(store)["hourly"]
+    assert [h for h in hours if h["start"] >= old] == [
+        h for h in before[0]["hourly"] if h["start"] >= old]
+    removed = [h for h in hours if h["start"] < old and h["inspections"]]
+    assert len(removed) == 4 and all(
+        (h["passes_after_review"], h["unreviewed_fails"]) == (h["passes"], h["fails"])
+        for h in removed)
+    assert [(h["passes"], h["fails"]) for h in removed] == [
+        (h["passes"], h["fails"]) for h in before[0]["hourly"] if h["start"] < old
+        and h["inspections"]]
+    # this release removes the rest: counted after review
+    now_kept = _all_yields(store)
+    store.max_age_days = 0.01
+    assert store.enforce_retention(now=T) > 0
+    assert _held(store) == 0 and _all_yields(store) == now_kept
+    # an older release after a downgrade adds two fails to a slot: read at their verdict
+    with Session(store.engine) as s, s.begin():
+        slot = s.scalars(select(YieldHistoryRow).where(YieldHistoryRow.verdict == "fail",
+                                                       YieldHistoryRow.hour >= old)).first()
+        assert slot is not None and slot.after_counted == slot.inspections
+        at = as_utc(slot.hour)
+        slot.inspections += 2
+    [hour] = [h for h in now_kept[0]["hourly"] if h["start"] <= at < h["end"]]
+    [later] = [h for h in _yields(store)["hourly"] if h["start"] <= at < h["end"]]
+    assert later == {**hour, **figures.yield_figure({
+        "pass": hour["passes"], "fail": hour["fails"] + 2,
+        "pass_after": hour["passes_after_review"],
+        "unreviewed_fail": hour["unreviewed_fails"] + 2})}
+    store.close()
 
 
 def _python_calls(store: Store, n: int) -> int:
@@ -433,7 +533,7 @@ def test_the_history_past_the_longest_window_is_pruned_by_each_box_for_itself(
     store = Store(tmp_path, database_url, pass_rate=1.0, box_id="box-a")
     old, recent = T - history.KEPT - timedelta(hours=1), T - history.KEPT + timedelta(hours=1)
     with Session(store.engine) as s, s.begin():
-        history.count_removed(s, [(at, box, None, None, "cam1", "r", "pass")
+        history.count_removed(s, [(at, box, None, None, "cam1", "r", "pass", None)
                                   for at in (old, recent) for box in ("box-a", "box-b")])
     store.max_age_days = 365  # retention runs; no row of the box's is that old
     store.enforce_retention(now=T)
@@ -456,7 +556,7 @@ def test_retention_with_nothing_to_remove_waits_for_no_other_writer(tmp_path: Pa
     with Session(store.engine) as s, s.begin():  # a recent slot: nothing to prune
         from lineside_inspect.store import history
 
-        history.count_removed(s, [(T, "box-a", None, None, "cam1", "r", "pass")])
+        history.count_removed(s, [(T, "box-a", None, None, "cam1", "r", "pass", None)])
     writes: list[str] = []
     event.listen(store.engine, "before_cursor_execute",
                  lambda *a: writes.append(a[2]) if a[2].lstrip().upper().startswith(

@@ -275,8 +275,8 @@ PassesAfterReview = Annotated[int, Field(description=(
     "reviewer drew a missed defect on (escapes) are fails; unreviewed ones keep the "
     "machine's verdict"))]
 UnreviewedFails = Annotated[int, Field(description=(
-    "fails no review has judged (retention's removed fails among them: their reviews "
-    "are not kept); reviewed_yield_pct counts them as fails"))]
+    "fails no review has judged (retention's removed fails as they were when removed; "
+    "every one an earlier release removed); reviewed_yield_pct counts them as fails"))]
 ReviewedYieldPct = Annotated[float | None, Field(description=(
     "passes_after_review / inspections in %; None when none"))]
 

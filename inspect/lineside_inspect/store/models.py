@@ -111,6 +111,9 @@ ADDED_COLUMNS = (
     ("shadow_disagreements", "fused_with", "VARCHAR(300)"),
     ("shadow_disagreements", "fused_kind", "VARCHAR(16)"),
     ("inspections", "tiles", "INTEGER"),
+    ("yield_history", "after_counted", "INTEGER"),
+    ("yield_history", "passes_after_review", "INTEGER"),
+    ("yield_history", "unreviewed_fails", "INTEGER"),
 )
 # indexes of added columns: (name, table, column), made if missing
 ADDED_INDEXES = (("ix_inspections_box_id", "inspections", "box_id"),
@@ -206,7 +209,14 @@ class YieldHistoryRow(Base):
     beside the rows, so a window's passes and fails stay what the line made after its rows
     are gone. Written only by retention (the box's and the hub's), in the transaction that
     deletes the rows. '' stands for none in a key (a primary key holds no NULL, and two
-    NULLs would be two keys to an upsert)."""
+    NULLs would be two keys to an upsert).
+
+    Beside the count, the removed inspections' verdicts after review (session 56): of
+    ``after_counted`` of them, ``passes_after_review`` passed after review and
+    ``unreviewed_fails`` were fails no review judged. The rest (``inspections`` minus
+    ``after_counted``: counted by a release before these columns, or by one after a
+    downgrade, which adds to ``inspections`` only) read as before, at the machine's
+    verdict, a fail unreviewed. NULL on rows from before the columns: none counted."""
 
     __tablename__ = "yield_history"
 
@@ -218,6 +228,9 @@ class YieldHistoryRow(Base):
     recipe_name: Mapped[str] = mapped_column(String(128), primary_key=True)
     verdict: Mapped[str] = mapped_column(String(8), primary_key=True)
     inspections: Mapped[int] = mapped_column(Integer)
+    after_counted: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    passes_after_review: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    unreviewed_fails: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class OutboxRow(Base):

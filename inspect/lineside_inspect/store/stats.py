@@ -17,8 +17,10 @@ review (``reviewed_yield_pct``): a fail a reviewer overturned (a false reject) c
 pass, a pass a reviewer drew a missed defect on (an escape) as a fail, by
 ``models.reviewed_verdict``'s rule; an inspection nobody reviewed keeps its machine
 verdict, and ``unreviewed_fails`` says how many fails that is, so a figure of a shift
-nobody has reviewed yet is not read as a reviewed one. Retention keeps no reviews of the
-inspections it removes: they count at their machine verdict, their fails as unreviewed.
+nobody has reviewed yet is not read as a reviewed one. Retention counts the verdict after
+review of each inspection it removes beside its machine verdict (``store/history.py``),
+so a window's yield after review stays what it was, as its first pass does; those an
+earlier release removed count at their machine verdict, their fails as unreviewed.
 """
 
 from __future__ import annotations
@@ -168,12 +170,15 @@ def _none(key: str) -> str | None:
 
 def _removed(s: Session, since: datetime, until: datetime, scope: Scope,
              *keys: Any) -> list[Any]:
-    """(keys..., verdict, n) of the removed inspections made in quarter hours starting in
-    the window: a removed inspection counts as made at its quarter hour's start."""
-    return list(s.execute(select(*keys, YieldHistoryRow.verdict, func.sum(YieldHistoryRow.inspections))
-                          .where(YieldHistoryRow.hour >= since, YieldHistoryRow.hour < until,
-                                 *scope.removed)
-                          .group_by(*keys, YieldHistoryRow.verdict)).all())
+    """(keys..., verdict, n, of them counted after review, passes after review,
+    unreviewed fails) of the removed inspections made in quarter hours starting in the
+    window: a removed inspection counts as made at its quarter hour's start."""
+    h = YieldHistoryRow
+    return list(s.execute(select(*keys, h.verdict, func.sum(h.inspections),
+                                 *(func.sum(func.coalesce(c, 0)) for c in (
+                                     h.after_counted, h.passes_after_review, h.unreviewed_fails)))
+                          .where(h.hour >= since, h.hour < until, *scope.removed)
+                          .group_by(*keys, h.verdict)).all())
 
 
 def _hour_key(dialect: str) -> Any:
@@ -190,8 +195,11 @@ ZERO = {"pass": 0, "fail": 0, "pass_after": 0, "unreviewed_fail": 0}
 
 def _counts(kept: Sequence[Any], removed: Sequence[Any] = ()) -> dict[Any, dict[str, int]]:
     """(key, passes, fails, passes after review, unreviewed fails) rows of the kept
-    inspections (:func:`_tallied`) and (key, verdict, n) rows of the removed ones (no
-    reviews kept: at their machine verdict, a fail unreviewed) -> {key: counts}."""
+    inspections (:func:`_tallied`) and (key, verdict, n, counted, passes after review,
+    unreviewed fails) rows of the removed ones (:func:`_removed`) -> {key: counts}. Of
+    the removed, those whose verdict after review was not counted (by a release before
+    it, or after a downgrade: models.YieldHistoryRow) read at their machine verdict, a
+    fail unreviewed."""
     out: dict[Any, dict[str, int]] = {}
     for key, passes, fails, after, unreviewed in kept:
         c = out.setdefault(key, dict(ZERO))
@@ -199,10 +207,14 @@ def _counts(kept: Sequence[Any], removed: Sequence[Any] = ()) -> dict[Any, dict[
         c["fail"] += fails
         c["pass_after"] += after
         c["unreviewed_fail"] += unreviewed
-    for key, verdict, n in removed:
+    for key, verdict, n, counted, after, unreviewed in removed:
+        if verdict not in ("pass", "fail"):
+            continue  # (a row of neither, hand-edited: in no count, as a kept one)
         c = out.setdefault(key, dict(ZERO))
         c[verdict] += n
-        c["pass_after" if verdict == "pass" else "unreviewed_fail"] += n
+        c["pass_after"] += after
+        c["unreviewed_fail"] += unreviewed
+        c["pass_after" if verdict == "pass" else "unreviewed_fail"] += max(0, n - counted)
     return out
 
 
@@ -219,7 +231,7 @@ def _figure(start: datetime, end: datetime, c: dict[str, int]) -> dict[str, Any]
     return {"start": start, "end": end, **yield_figure(c)}
 
 
-def _after_review(dialect: str) -> Any:
+def after_review(dialect: str) -> Any:
     """Each inspection's verdict after review, 'pass' or 'fail', by models.reviewed_verdict's
     rule (as :func:`review_quality` counts it), read from its current review (the last in
     the merge rule's order, models.REVIEW_ORDER); NULL when it has none, or when that
@@ -251,8 +263,8 @@ def _after_review(dialect: str) -> Any:
 def _tallied(s: Session, *keys: Any) -> Any:
     """SELECT keys..., passes, fails, passes after review, unreviewed fails FROM the
     inspections, to be narrowed and grouped by ``keys``; an inspection no review judged
-    keeps its machine verdict (:func:`_after_review`)."""
-    after = _after_review(s.get_bind().dialect.name)
+    keeps its machine verdict (:func:`after_review`)."""
+    after = after_review(s.get_bind().dialect.name)
     fail, passed = InspectionRow.verdict == "fail", InspectionRow.verdict == "pass"
     return select(*keys, func.count().filter(passed), func.count().filter(fail),
                   # (of a pass or a fail: a row of neither, hand-edited, is in no count)
@@ -271,7 +283,7 @@ def hourly(s: Session, since: datetime, until: datetime, scope: Scope) -> list[d
                             .where(InspectionRow.created_at >= since,
                                    InspectionRow.created_at < until, *scope.rows)
                             .group_by(key)).all(),
-                  [(as_utc(hour).strftime("%Y-%m-%d %H:00"), v, n) for hour, v, n in
+                  [(as_utc(hour).strftime("%Y-%m-%d %H:00"), *c) for hour, *c in
                    _removed(s, since, until, scope, YieldHistoryRow.hour)])
     out = []
     hour = since.replace(minute=0, second=0, microsecond=0)
@@ -331,7 +343,7 @@ def stations(s: Session, since: datetime, until: datetime, scope: Scope) -> list
         _tallied(s, *place)
         .where(InspectionRow.created_at >= since, InspectionRow.created_at < until, *scope.rows)
         .group_by(*place))], [
-        ((_none(box), _none(cam), rec), v, n) for box, cam, rec, v, n in _removed(
+        ((_none(box), _none(cam), rec), *c) for box, cam, rec, *c in _removed(
             s, since, until, scope, YieldHistoryRow.box_id, YieldHistoryRow.camera_id,
             YieldHistoryRow.recipe_name)])
     out = []
@@ -460,7 +472,7 @@ def yields(s: Session, since: datetime, until: datetime,
         _tallied(s, InspectionRow.box_id, InspectionRow.camera_id)
         .where(InspectionRow.created_at >= since, InspectionRow.created_at < until)
         .group_by(InspectionRow.box_id, InspectionRow.camera_id))], [
-        ((_none(box), _none(cam)), v, n) for box, cam, v, n in _removed(
+        ((_none(box), _none(cam)), *c) for box, cam, *c in _removed(
             s, since, until, Scope([], []), YieldHistoryRow.box_id, YieldHistoryRow.camera_id)])
 
 

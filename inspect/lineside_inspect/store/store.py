@@ -1373,6 +1373,8 @@ class Store:
                 self.checkpoint(self._wal_checkpoint_bytes())
             with Session(self.engine) as s, s.begin():
                 gone: list[tuple[Any, ...]] = []  # the deleted rows' history keys
+                # each row's verdict after review, read with it: its reviews go with it
+                judged = history.judged(s)
                 pages = self._db_pages(s)
                 cutoff = self._age_cutoff(now or datetime.now(UTC))
                 if cutoff is not None:
@@ -1382,9 +1384,9 @@ class Store:
                     # one range each on the created_at index, where an OR could scan
                     for old in (InspectionRow.created_at < cutoff,
                                 InspectionRow.created_at > LAST_TIME):
-                        for row in s.scalars(select(InspectionRow).where(
+                        for row, after in s.execute(select(InspectionRow, judged).where(
                                 self._mine(), self._forwarded(), old)):
-                            self._delete(s, row, gone)
+                            self._delete(s, row, after, gone)
                             deleted += 1
                 if quota is not None:
                     limit = quota - room
@@ -1403,13 +1405,13 @@ class Store:
                     for tier in self._deletion_order():
                         if used <= limit:
                             break
-                        q = (select(InspectionRow).where(self._mine(), self._forwarded(), tier,
-                                                         self._has_image())
+                        q = (select(InspectionRow, judged)
+                             .where(self._mine(), self._forwarded(), tier, self._has_image())
                              .order_by(InspectionRow.created_at))
-                        for row in s.scalars(q):
+                        for row, after in s.execute(q):
                             if used <= limit:
                                 break
-                            used -= self._delete(s, row, gone)
+                            used -= self._delete(s, row, after, gone)
                             deleted += 1
                     if used > limit and self.guard_channel is not None:
                         used = self._drop_unforwarded_images(s, used, limit)
@@ -1750,10 +1752,12 @@ class Store:
         if busy:
             log.info("store: write-ahead log (%d bytes) busy, not truncated this time", size)
 
-    def _delete(self, s: Session, row: InspectionRow, gone: list[tuple[Any, ...]]) -> int:
+    def _delete(self, s: Session, row: InspectionRow, after: str | None,
+                gone: list[tuple[Any, ...]]) -> int:
         """Delete ``row`` and its files; the bytes this freed on disk. Its history key
-        goes to ``gone`` when this delete removed it (not when another process did first:
-        it is counted once, by that one)."""
+        and ``after``, its verdict after review (history.judged), go to ``gone`` when this
+        delete removed it (not when another process did first: it is counted once, by
+        that one)."""
         freed = 0
         if row.image_path:
             (self.images_dir / row.image_path).unlink(missing_ok=True)
@@ -1767,7 +1771,7 @@ class Store:
         removed = s.execute(delete(InspectionRow).where(InspectionRow.id == row.id),
                             execution_options={"synchronize_session": False})
         if getattr(removed, "rowcount", 0) == 1:
-            gone.append(history.key_of(row))
+            gone.append(history.key_of(row, after))
         if ref and not s.scalar(select(func.count()).where(
                 InspectionRow.reference_path == ref, self._mine_or_unowned())):
             path = self.images_dir / ref  # its last user is gone

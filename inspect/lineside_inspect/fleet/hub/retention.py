@@ -6,12 +6,12 @@ cutoff (``received_at``: a box's clock may be behind and its backlog old, so a r
 by the box could leave on arrival; rows from before that column go by ``created_at``),
 oldest first, in batches of :data:`BATCH`: their images are deleted from the object
 store first, then the rows (their reviews go with them: the foreign key cascades), each
-box's held count and the rows' passes and fails (``store/history.py``: the dashboard's
-yield figures keep them) in one transaction. An object store that cannot be reached
-ends the round (the next one tries again). Objects first, because a round that fails in
-between leaves rows whose images are gone (their page says so) which the next round
-deletes again; rows first would leave images nothing points at, for good. A row whose
-image could not be deleted stays for the next round.
+box's held count and the rows' passes and fails, first pass and after review
+(``store/history.py``: the dashboard's yield figures keep them) in one transaction. An
+object store that cannot be reached ends the round (the next one tries again). Objects
+first, because a round that fails in between leaves rows whose images are gone (their
+page says so) which the next round deletes again; rows first would leave images nothing
+points at, for good. A row whose image could not be deleted stays for the next round.
 
 Reference (golden) images are content-addressed and shared by every inspection of a
 camera's recipe, so one goes only when the last inspection pointing at it has gone
@@ -201,11 +201,18 @@ class HubRetention:
                 # counted from what was deleted: a second hub process deleting the same
                 # rows meanwhile must not take them off the boxes' counts twice (a SQLite
                 # before 3.35 has no RETURNING: read, then delete; one process owns it)
+                # each row's verdict after review, read first: its reviews go with it
+                # (a row another process deletes meanwhile is read here, and counted only
+                # if this delete returns it)
+                judged = select(InspectionRow.id, history.judged(s)).where(
+                    InspectionRow.id.in_(gone))
+                after: dict[str, str | None] = dict(s.execute(judged).all())
                 deleting = delete(InspectionRow).where(InspectionRow.id.in_(gone))
                 if self.store.engine.dialect.delete_returning:
-                    removed = s.execute(deleting.returning(*history.KEY_COLUMNS)).all()
+                    removed = s.execute(deleting.returning(
+                        *history.KEY_COLUMNS, InspectionRow.id)).all()
                 else:
-                    removed = s.execute(select(*history.KEY_COLUMNS)
+                    removed = s.execute(select(*history.KEY_COLUMNS, InspectionRow.id)
                                         .where(InspectionRow.id.in_(gone))).all()
                     s.execute(deleting)
                 boxes = [r.box_id for r in removed]
@@ -213,7 +220,7 @@ class HubRetention:
                     s.execute(update(BoxCountRow).where(BoxCountRow.box_id == box_id)
                               .values(held=BoxCountRow.held - n))
                 # the fleet's yield figures keep their passes and fails (store/history.py)
-                history.count_removed(s, removed)
+                history.count_removed(s, [(*r[:-1], after.get(r[-1])) for r in removed])
             done.deleted += len(boxes)
             if self._counter is not None:
                 self._counter.inc(len(boxes))

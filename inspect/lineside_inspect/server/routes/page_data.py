@@ -57,7 +57,7 @@ class YieldFigure(_Shape):
     passes_after_review: int = Field(description=(
         "passes after review (false rejects overturned, escapes found: GET /v1/stats)"))
     unreviewed_fails: int = Field(description=(
-        "fails no review has judged, retention's removed ones among them"))
+        "fails no review has judged (retention's removed ones as when removed)"))
     reviewed_yield_pct: float | None = Field(description=(
         "passes_after_review / inspections in %; None when none"))
 
