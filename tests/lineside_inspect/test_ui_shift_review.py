@@ -84,6 +84,12 @@ def _open_card(page: Any, count: str = "1–1 of 1") -> None:
     expect(page.locator("#d-title")).to_be_focused()
 
 
+
+def _failed(n: int, hours: int) -> str:
+    """The dashboard's yield line of ``n`` unreviewed fails and no pass in ``hours``."""
+    return (f"0 of {n} passed · {n} failed · last {hours} h · after review 0.0% · "
+            f"{n} {'fail' if n == 1 else 'fails'} not reviewed")
+
 def test_confirm_all_confirms_the_parts_its_dialog_counted(browser: Any, box: Running) -> None:
     """n, then Shift+C before the next page came: the dialog counted the page on screen,
     the next page answered while it was open, and Enter confirmed that page's 24 parts,
@@ -532,7 +538,7 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
         "This link: 1: not a filter of this page, left out; a link may set hours, camera_id, "
         f'recipe, part_id, per. hours "{xss}": not a window of whole hours from 1 to 2160, the '
         'default (24 h) shown; per "week": not hourly or shifts, the default (hour) shown. Dismiss')
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+    expect(detail).to_have_text(_failed(3, 24))
     expect(camera).to_have_value("*")
     assert xss not in camera.locator("option").all_inner_texts()
     assert page.locator("#linknote img").count() == 0
@@ -555,7 +561,7 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
         'most 128 characters), the default (all) shown; part_id "aU+202Eb": refused by the '
         "figures (must not contain a bidirectional control character (U+202E at character 2)), "
         "left out. Dismiss")
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(detail).to_have_text(_failed(3, 8))
     expect(camera).to_have_value("*")
     expect(page.locator("#scope [name=part_id]")).to_have_value("")
     expect(page.locator("#stations tbody tr")).to_have_count(1)
@@ -576,8 +582,8 @@ def test_a_dashboard_links_values_it_cannot_take_are_said_and_a_refused_scope_dr
     assert page.locator("a.csv[href]").count() == 0
     part.fill("")
     part.press("Enter")
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
-    expect(page.locator("a.csv[href]")).to_have_count(6)
+    expect(detail).to_have_text(_failed(3, 8))
+    expect(page.locator("a.csv[href]")).to_have_count(7)  # (the per-version table's since session 56)
     close_contexts(browser)
 
 
@@ -601,12 +607,12 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
     detail, whose, note = page.locator("#k-yield-detail"), page.locator("#whose"), page.locator("#linknote")
     hours, camera = page.locator("#scope [name=hours]"), page.locator("#scope [name=camera_id]")
     _sign_in(page, box.url + "/dashboard")
-    expect(detail).to_have_text("0 of 5 passed · 5 failed · last 24 h")
+    expect(detail).to_have_text(_failed(5, 24))
     hours.select_option("8")
     camera.select_option("cam1")
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(detail).to_have_text(_failed(3, 8))
     page.reload()
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(detail).to_have_text(_failed(3, 8))
     expect(hours).to_have_value("8")
     expect(camera).to_have_value("cam1")
     expect(page.locator("#stations tbody tr")).to_have_count(1)
@@ -615,10 +621,10 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
     page.goto(box.url + "/dashboard?part_id=P4")
     expect(whose).to_have_text("Part P4 only: its inspections at every station and "
                                "re-inspection, those still kept")
-    expect(detail).to_have_text("0 of 1 passed · 1 failed · last 24 h")
+    expect(detail).to_have_text(_failed(1, 24))
     expect(camera).to_have_value("*")
     page.reload()
-    expect(detail).to_have_text("0 of 1 passed · 1 failed · last 24 h")
+    expect(detail).to_have_text(_failed(1, 24))
     expect(whose).to_contain_text("Part P4 only")
     assert page.url == box.url + "/dashboard"
 
@@ -627,11 +633,11 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
     page.locator("#scope [name=part_id]").fill("")
     page.locator("#scope [name=part_id]").press("Enter")
     camera.select_option("cam2")
-    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 24 h")
+    expect(detail).to_have_text(_failed(2, 24))
     page.locator("nav a[href='/review']").click()
     expect(page.locator("#count")).to_have_text("1–5 of 5")
     page.go_back()
-    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 24 h")
+    expect(detail).to_have_text(_failed(2, 24))
     expect(camera).to_have_value("cam2")
     expect(note).to_have_count(0)
 
@@ -642,7 +648,7 @@ def test_the_dashboards_scope_outlives_a_reload_and_back_and_a_link_wins(browser
     hours.select_option("72")
     _held(page, held).continue_()
     page.unroute(DASHBOARD_JS)
-    expect(detail).to_have_text("0 of 2 passed · 2 failed · last 72 h")
+    expect(detail).to_have_text(_failed(2, 72))
     expect(camera).to_have_value("cam2")
 
     # a kept value the page cannot take: said, its default; every kept value as text
@@ -690,18 +696,19 @@ def test_a_dashboard_scope_of_no_inspections_says_so_and_shows_no_yield(browser:
     expect(page.locator("#trend")).to_have_text("no inspections in the last 8 h: nothing to draw")
     expect(page.locator("#pareto")).to_have_text("no inspections in this window: no defects counted")
     expect(page.locator("#stations tbody tr")).to_have_count(0)
-    yields = page.locator("#trend-table tbody td:last-child").all_text_contents()
+    yields = page.locator("#trend-table tbody td:nth-child(5)").all_text_contents()  # (yield)
     assert len(yields) >= 8 and set(yields) == {"–"}, yields
 
     # the CSV links of the scope: its header (and its empty hours), never an error
-    expect(page.locator("a.csv[href]")).to_have_count(6)
+    expect(page.locator("a.csv[href]")).to_have_count(7)  # (the per-version table's since session 56)
     stations = page.request.get(box.url + (page.locator("#f-stations a.csv").get_attribute("href") or ""))
     assert stations.status == 200 and stations.text().splitlines() == [
-        "camera_id,recipe,passes,fails,inspections,yield_pct"], stations.text()
+        "camera_id,recipe,passes,fails,inspections,yield_pct,passes_after_review,"
+        "unreviewed_fails,reviewed_yield_pct"], stations.text()
     hourly = page.request.get(box.url + (page.locator("#f-trend a.csv").get_attribute("href") or ""))
     lines = hourly.text().splitlines()
     assert hourly.status == 200 and lines[0].startswith("start_utc,end_utc,camera_id,recipe,"), lines
-    assert len(lines) > 8 and all(r.endswith(",cam9,(all),0,0,0,") for r in lines[1:]), lines
+    assert len(lines) > 8 and all(r.endswith(",cam9,(all),0,0,0,,0,0,") for r in lines[1:]), lines
 
     page.reload()  # the scope kept in the tab: said again
     expect(whose).to_have_text(said)
@@ -710,7 +717,7 @@ def test_a_dashboard_scope_of_no_inspections_says_so_and_shows_no_yield(browser:
     # a part never seen, named as text; the line's figures once the scope holds some
     part = page.locator("#scope [name=part_id]")
     page.locator("#scope [name=camera_id]").select_option("*")
-    expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+    expect(detail).to_have_text(_failed(3, 8))
     expect(whose).to_be_hidden()
     mark = "<img src=x onerror=window.__xss=1>"
     part.fill(mark)
@@ -749,9 +756,9 @@ def test_one_users_kept_filter_and_scope_do_not_go_to_the_next(browser: Any, box
         part.press("Enter")
         expect(count).to_have_text("1–1 of 1")
         page.goto(box.url + "/dashboard")
-        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+        expect(detail).to_have_text(_failed(3, 24))
         hours.select_option("8")
-        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 8 h")
+        expect(detail).to_have_text(_failed(3, 8))
         assert page.evaluate("sessionStorage.length") >= 2, who
 
     def fresh(key: str) -> None:
@@ -760,7 +767,7 @@ def test_one_users_kept_filter_and_scope_do_not_go_to_the_next(browser: Any, box
         expect(count).to_have_text("1–3 of 3")
         expect(part).to_have_value("")
         page.goto(box.url + "/dashboard")
-        expect(detail).to_have_text("0 of 3 passed · 3 failed · last 24 h")
+        expect(detail).to_have_text(_failed(3, 24))
         expect(hours).to_have_value("24")
         expect(page.locator("#linknote")).to_have_count(0)
 
