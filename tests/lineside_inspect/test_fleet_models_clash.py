@@ -231,6 +231,10 @@ def test_a_version_pulled_before_is_activated_again_without_downloading(
         try:
             puller: ModelPuller = box.app.state.fleet_models
             registry = box.app.state.registry
+            # every pull the test's: the box's loop pulls once at start, which on a loaded
+            # host can come after the first assignment below and take its downloads
+            puller.stop()
+            assert puller._thread is not None and not puller._thread.is_alive()
 
             def assign(version: str) -> list[str]:
                 with hub.client() as admin:
