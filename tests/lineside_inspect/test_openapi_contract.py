@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 from lineside_inspect.config import CameraConfig
 from lineside_inspect.fleet.hub.app import create_hub_app
 from lineside_inspect.fleet.hub.config import HubSettings
-from lineside_inspect.recipes.schema import RecipeRegions
+from lineside_inspect.recipes.schema import Recipe, RecipeRegions
 from lineside_inspect.schemas import InspectionDetail, InspectionResult, TimeText
 from lineside_inspect.server.responses import (
     CameraHealth,
@@ -94,6 +94,7 @@ EDGE_OPERATIONS = {
     "GET /v1/queues": "queues",
     "GET /v1/recipes": "list_recipes",
     "DELETE /v1/recipes/{name}": "delete_recipe",
+    "GET /v1/recipes/{name}": "get_recipe",
     "PUT /v1/recipes/{name}": "put_recipe",
     "GET /v1/recipes/{name}/regions": "recipe_regions",
     "GET /v1/references": "list_references",
@@ -285,6 +286,7 @@ def test_answers_validate_against_their_declared_models(
         ("line", "POST", "/v1/inspect", "/v1/inspect", jpeg, 200, InspectionResult),
         ("admin", "GET", "/v1/models", "/v1/models", {}, 200, list[LoadedModel]),
         ("admin", "GET", "/v1/recipes", "/v1/recipes", {}, 200, list[ListedRecipe]),
+        ("admin", "GET", "/v1/recipes/deeppcb-default", "/v1/recipes/{name}", {}, 200, Recipe),
         ("reviewer", "GET", "/v1/recipes/deeppcb-default/regions",
          "/v1/recipes/{name}/regions", {},
          200, RecipeRegions),
@@ -313,6 +315,7 @@ def test_answers_validate_against_their_declared_models(
         ("admin", "POST", "/v1/models/deeppcb/promote", "/v1/models/{name}/promote",
          {"json": {"version": "2"}}, 422, ErrorBody),
         ("reviewer", "GET", "/v1/stats?hours=0", "/v1/stats", {}, 422, ErrorBody),
+        ("admin", "GET", "/v1/recipes/nope", "/v1/recipes/{name}", {}, 404, ErrorBody),
         (None, "GET", "/v2/models/deeppcb", "/v2/models/{name}", {}, 401, OipErrorBody),
         ("line", "GET", "/v2/models/nope", "/v2/models/{name}", {}, 404, OipErrorBody),
         ("reviewer", "GET", "/v1/cameras/door/snapshot", "/v1/cameras/{camera_id}/snapshot", {},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -356,15 +357,17 @@ def test_an_evaluation_just_before_the_final_one_is_skipped() -> None:
 
 
 def _simulated_run(seconds: float, step_s: Callable[[float], float], eval_idle: float,
-                   steps_per_epoch: int = 98) -> tuple[float, Budget]:
+                   steps_per_epoch: int = 98, eval_images: int = 400,
+                   said: list[str] | None = None) -> tuple[float, Budget]:
     """A budgeted run as the engine drives its :class:`Budget`, on a clock of its own:
     a step takes ``step_s(now)`` seconds, an evaluation ``eval_idle`` times as many as the
-    steps are slower than 1 s (a loaded machine slows both). Returns when it ended."""
+    steps are slower than 1 s (a loaded machine slows both). Returns when it ended; the
+    lines the engine would log go to ``said``."""
     now = [0.0]
     plan = SchedulePlan(total_steps=30 * steps_per_epoch, warmup_steps=steps_per_epoch,
                         ema_decay=0.998)
     budget = Budget(seconds, steps_per_epoch=steps_per_epoch, eval_every=2, plan=plan,
-                    warmup_wanted=steps_per_epoch, base_decay=0.998, eval_images=400,
+                    warmup_wanted=steps_per_epoch, base_decay=0.998, eval_images=eval_images,
                     batch_size=16, eval_share=0.1, clock=lambda: now[0])
     epoch = 0
     while True:
@@ -375,9 +378,10 @@ def _simulated_run(seconds: float, step_s: Callable[[float], float], eval_idle: 
             took = step_s(now[0])
             now[0] += took
             budget.record_step(took)
-            if budget.due():
-                budget.refit()
-        budget.refit()
+            if budget.due() and (line := budget.refit()) is not None and said is not None:
+                said.append(line)
+        if (line := budget.refit()) is not None and said is not None:
+            said.append(line)
         last = budget.steps_left() == 0 or budget.out_of_time()
         if last or budget.evaluate_now(epoch + 1):
             took = eval_idle * step_s(now[0])
@@ -406,6 +410,29 @@ def test_a_machine_loaded_midway_is_replanned_within_the_budget() -> None:
     print(f"freed at half time: used/asked {end / 1800:.3f}")
     assert budget.eval_cost() == pytest.approx(20.0)  # timed at 60 s under the load
     assert 1800 - 2 * (1.0 + 20.0) <= end <= 1800  # all but a step and an evaluation used
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_short_run_logs_few_budget_lines(seed: int) -> None:
+    """``lineside train --time 3m`` on the bundled sample (3 steps an epoch, a 1.4 s
+    evaluation, eval_every 2 widened to 6 or 7) re-fitted 247 times and logged 13 "time
+    budget:" lines, half of them the spacing going 6, 7, 6, 7 with the plan moved by under
+    5% (one by no step at all, 3 s before the end). The README says a re-fit is logged when
+    it moves the plan by 5% or more or widens the spacing; by an epoch it only dithers."""
+    rng = random.Random(seed)  # steps of 0.75-0.86 s, as on the 2-core host
+    said: list[str] = []
+    _, budget = _simulated_run(180, lambda t: 0.75 * (1 + 0.15 * rng.random()),
+                                 eval_idle=1.9, steps_per_epoch=3, eval_images=20, said=said)
+    assert budget.refits > 200
+    rows = [tuple(int(x) for x in m.groups()) for line in said if (m := re.search(
+        r"plan (\d+) steps \(.*?was (\d+)\).* an evaluation every (\d+) epochs", line))]
+    assert len(rows) == len(said) and said[0].startswith("time budget: ")
+    spacing = [2, *[every for _, _, every in rows]]  # the config's, then each line's
+    for (plan, was, every), before in zip(rows[1:], spacing[1:-1], strict=True):
+        moved = abs(plan - was) >= 0.05 * was
+        widened = before == 2 < every
+        assert moved or widened or abs(every - before) >= 2, (seed, said)
+    assert len(said) <= 4, said  # the first plan, the widening, a move of 5% or two
 
 
 def test_a_resume_says_the_budget_is_the_whole_runs(tmp_path: Path, make_config: Make) -> None:

@@ -34,6 +34,7 @@ REFITS_PER_EPOCH = 4  # long epochs are re-planned within, not only at their end
 # 2 steps and ended after its third.
 PROVISIONAL = 0.25
 LOG_CHANGE = 0.05  # a re-fit is logged when it moves the plan by this share
+LOG_SPACING = 2  # or the evaluation spacing by this many epochs (by one it dithers)
 EVAL_GUESS_MAX = 0.1  # while provisional, an untimed evaluation is guessed at most this share
 NO_STRETCH_AFTER = 0.5  # past this share of the budget a nearly done cosine is not stretched
 # A mid-run evaluation less than this share of a spacing before the run's last step is
@@ -260,11 +261,7 @@ class Budget:
         self.plan.ema_decay, self.plan.ema_ramp = fitted_ema(self.base_decay, self.plan.total_steps)
         first, self.refits = self.refits == 0, self.refits + 1
         was = self.logged_steps or old
-        # said in the log the first time (a measurement replaces the guess) and then when it
-        # moves the plan by 5% or more since last said: a short run re-fits every few steps
-        # (a 1-minute run logged 67 such lines); the run's last line says the final plan
-        if self.eval_every == self.logged_every and (old == self.plan.total_steps or (
-                not first and abs(self.plan.total_steps - was) < max(1, LOG_CHANGE * was))):
+        if not self._worth_saying(first, old, was):
             return None
         self.logged_steps, self.logged_every = self.plan.total_steps, self.eval_every
         how = "measured" if self.eval_timed else "guessed"
@@ -276,6 +273,22 @@ class Budget:
                 f"({self.plan.total_steps / self.steps_per_epoch:.1f} epochs; was {was}), "
                 f"warm-up {self.plan.warmup_steps}, EMA decay {self.plan.ema_decay:.4f}, "
                 f"an evaluation every {self.eval_every} epochs{spaced}")
+
+    def _worth_saying(self, first: bool, old: int, was: int) -> bool:
+        """Whether a re-fit goes in the log: the first (a measurement replaces the guess),
+        then one that moves the plan by ``LOG_CHANGE`` or more since last said, or the
+        evaluation spacing by ``LOG_SPACING`` epochs or more, or first widens it beyond
+        the config's. A short run re-fits every few steps (a 1-minute run logged 67
+        lines), and its spacing, a rounded share of the plan, goes back and forth by an
+        epoch as the plan moves by a step or two: a 3-minute run logged "every 6 epochs",
+        "7", "6", "7" with the plan moved by 0-4%. The next line said, and the run's
+        last, give the plan as it is then."""
+        steps = self.plan.total_steps
+        if first:
+            return old != steps or self.eval_every != self.logged_every
+        widened = self.logged_every == self.eval_every_wanted < self.eval_every
+        return abs(steps - was) >= max(1, LOG_CHANGE * was) or widened or \
+            abs(self.eval_every - self.logged_every) >= LOG_SPACING
 
     def _fit(self, step_s: float, eval_s: float) -> int:
         """The most steps that fit the time left with the mid-run evaluations they bring

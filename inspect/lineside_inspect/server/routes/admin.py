@@ -193,6 +193,18 @@ def list_recipes(who: Admin, registry: RegistryDep, request: Request) -> list[Li
             for r in registry.recipes()]
 
 
+@router.get("/recipes/{name}", responses=errors(401, 403, 404, 422))
+def get_recipe(name: Name, who: Admin, registry: RegistryDep) -> Recipe:
+    """The recipe judging under ``name``, as ``PUT /v1/recipes/{name}`` takes and answers
+    it: put back unchanged it changes nothing, and a script reads it, changes it and puts
+    it with a raised version. The recipe alone, not the list's ``default`` and
+    ``put_over_api`` (``GET /v1/recipes``): a recipe refuses keys it does not know, and
+    the answer would no longer put back. Admins only, as the list: a configured recipe
+    names its remote endpoint's settings. 404 naming the recipe when none of that name
+    judges (one a fleet box's configuration holds that waits for its model says why)."""
+    return registry.recipe(name)
+
+
 @router.get("/recipes/{name}/regions", responses=errors(401, 403, 404, 422))
 def recipe_regions(name: Name, who: Reviewer, registry: RegistryDep,
                    request: Request) -> RecipeRegions:
