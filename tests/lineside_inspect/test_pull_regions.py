@@ -7,6 +7,7 @@ said. A real server with the bundled reference model and the sample's pair."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.store.pull import pull_from_server, pull_from_store
 from lineside_inspect.store.pull_regions import painted_area
 
-from .conftest import ROOT, Running, keyed, start_server
+from .conftest import ROOT, Running, keyed, numbered, start_server
 
 REF_MODEL = ROOT / "models" / "deeppcb-ref" / "1"
 PAIR = ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041"
@@ -40,7 +41,9 @@ def _recipe(version: str, roi: list[list[int]], ignore: list[list[int]]) -> dict
 def station() -> Iterator[tuple[Running, dict[str, Any]]]:
     """One pair judged under version 1 (left half, a copper defect's place ignored), a
     reviewer drawing the `open` the roi left out; version 1 then replaced by version 2
-    (the top half), under which the pair is judged again and confirmed."""
+    (the top half), under which the pair is judged again and confirmed (its frame another
+    file of the same pixels, a camera's frame counter: one byte-identical picture
+    inspected twice is pulled once)."""
     srv, stop = start_server(keyed(models=[str(REF_MODEL)], store_pass_rate=1.0))
     got: dict[str, Any] = {}
     try:
@@ -51,9 +54,9 @@ def station() -> Iterator[tuple[Running, dict[str, Any]]]:
                                          ("2", [[0, 0], [640, 0], [640, 200], [0, 200]], [])):
                 r = c.put("/v1/recipes/ref-roi", json=_recipe(version, roi, ignore))
                 assert r.status_code == 200, r.text
+                frame = numbered((PAIR / "00041000_test.jpg").read_bytes(), int(version))
                 r = c.post("/v1/inspect", params={"recipe": "ref-roi", "reference": "golden"},
-                           files={"image": ("f.jpg", (PAIR / "00041000_test.jpg").read_bytes(),
-                                            "image/jpeg")})
+                           files={"image": ("f.jpg", frame, "image/jpeg")})
                 assert r.status_code == 200 and r.json()["stored"], r.text
                 got[version] = r.json()
         # v1 counted only what lies in the left half and outside the ignored square
@@ -355,3 +358,104 @@ def test_the_set_says_each_painted_frames_regions_and_stats_counts_them(
         frame = read_image(tmp_path / "pulled" / "images" / rec.file_name)
         assert (frame[area] == PAD_VALUE).all()
         assert not (frame[~area] == PAD_VALUE).all(axis=-1).all()
+
+
+@pytest.mark.parametrize("how", ["server", "store"])
+def test_a_picture_inspected_again_is_pulled_once_however_its_copies_were_painted(
+        tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """One picture inspected three times, byte for byte (a client's retry, a PLC
+    re-trigger): ``a`` and ``b`` under version 1, ``a`` with the `open` a reviewer drew
+    right of the roi (kept unpainted there: its written bytes differ from ``b``'s), ``c``
+    under version 2 (another roi: painted elsewhere). The copy check compared the painted
+    bytes, so all three went in but ``b`` (left out only as a copy of ``d``), labelled two
+    ways (session 56). Now ``a`` alone, reviewed last. ``d``: another file of the same
+    pixels (a frame counter), a false reject as ``b``: painted alike, it names the golden
+    ``b`` was painted with (named by its content), which stays though ``b`` goes."""
+    srv, stop = start_server(keyed(models=[str(REF_MODEL)], store_pass_rate=1.0))
+    sent = (PAIR / "00041000_test.jpg").read_bytes()
+    made: dict[str, dict[str, Any]] = {}
+    try:
+        with srv.client("admin") as c:
+            assert c.put("/v1/references/golden", content=(PAIR / "00041000_temp.jpg").read_bytes(),
+                         headers={"content-type": "image/jpeg"}).status_code == 200
+            for version, roi, ignore, sends in (
+                    ("1", LEFT, IGNORE, {"a": sent, "b": sent, "d": numbered(sent, 1)}),
+                    ("2", [[0, 0], [640, 0], [640, 200], [0, 200]], [], {"c": sent})):
+                r = c.put("/v1/recipes/ref-roi", json=_recipe(version, roi, ignore))
+                assert r.status_code == 200, r.text
+                for key, data in sends.items():
+                    r = c.post("/v1/inspect", params={"recipe": "ref-roi", "reference": "golden"},
+                               files={"image": ("f.jpg", data, "image/jpeg")})
+                    assert r.status_code == 200 and r.json()["stored"], r.text
+                    made[key] = r.json()
+        assert made["a"]["defects"] == made["b"]["defects"] != made["c"]["defects"]
+        with srv.client("reviewer") as c:
+            for key, review in (("b", {"action": "false_reject"}), ("c", {"action": "confirm"}),
+                                ("d", {"action": "false_reject"}),
+                                ("a", {"action": "missed_defect",
+                                       "boxes": [{"label": "open", "box": DRAWN}]})):
+                r = c.post(f"/v1/inspections/{made[key]['id']}/reviews", json=review)
+                assert r.status_code == 200, r.text
+        srv.app.state.store.flush()
+        with caplog.at_level(logging.WARNING, logger="lineside"):
+            _pull(srv, how, tmp_path / "pulled")
+    finally:
+        stop()
+    assert validate_dir(tmp_path / "pulled") == []
+    ds = read_dataset(tmp_path / "pulled")
+    frames = {Path(r.file_name).stem: r for r in ds.images if r.reference is not None}
+    assert set(frames) == {made["a"]["id"], made["d"]["id"]}
+    assert "open" in [b.label for b in frames[made["a"]["id"]].boxes]  # the last word
+    assert not frames[made["d"]["id"]].boxes
+    _painted_as_version_1(read_image(tmp_path / "pulled" / "images"
+                                     / frames[made["a"]["id"]].file_name),
+                          read_image(PAIR / "00041000_test.jpg"))
+    # each golden in the set is one a pulled frame names, each once (by its content)
+    refs = [r.file_name for r in ds.images if r.reference is None]
+    assert sorted(refs) == sorted({r.reference for r in frames.values()}) and len(refs) == 2
+    for name in refs:
+        data = (tmp_path / "pulled" / "images" / name).read_bytes()
+        assert Path(name).stem == hashlib.sha256(data).hexdigest()
+    said = ds.info["outside_recipe_regions"]
+    assert isinstance(said, dict)
+    assert sorted(said["painted_out"]) == sorted(r.file_name for r in frames.values())
+    assert list(said["regions"]) == ["ref-roi:1"]  # (c, version 2's, is not in the set)
+    warned = [r.getMessage() for r in caplog.records if "byte-identical" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(
+        "pull: 2 inspection(s) left out, byte-identical copies of a picture inspected again "
+        "and reviewed differently"), warned
+    assert f"a copy of inspection {made['a']['id']}" in warned[0], warned
+
+
+def test_stats_measure_contrast_on_what_the_recipe_judged_not_the_grey(
+        station: tuple[Running, dict[str, Any]], tmp_path: Path) -> None:
+    """`data stats` measured each image's contrast (what it suggests a single-image
+    recipe's `min_contrast` from) with the grey a pull painted: a narrow roi leaves a
+    frame mostly grey, its 5th to 95th percentile pulled towards 114 and the suggestion
+    down with it (session 56). Measured now on the pixels the recipe judged, a painted
+    golden by its frame's painted area: the figures of the pixels as sent there."""
+    from lineside_inspect.dataset.stats import contrast_stats
+    from lineside_inspect.runtime.reference import contrast_sample
+
+    srv, _ = station
+    _pull(srv, "store", tmp_path / "pulled")
+    ds = read_dataset(tmp_path / "pulled")
+    sent = {"frame": read_image(PAIR / "00041000_test.jpg"),
+            "golden": read_image(PAIR / "00041000_temp.jpg")}
+    frames = [r for r in ds.images if r.reference is not None]
+    expected = []
+    for rec in frames:
+        area = painted_area(ds, rec)
+        assert area is not None and area.mean() > 0.4  # (half the frame and more is grey)
+        for image in sent.values():  # (a painted golden is painted by its frame's area)
+            values = contrast_sample(image)[~area[::4, ::4]]
+            low, high = np.percentile(values, [5, 95], method="inverted_cdf")
+            expected.append(int(high) - int(low))
+    got = contrast_stats(ds)
+    assert got["images"] == 4 and len(ds.images) == 4
+    assert got["lowest"] == min(expected), (got, expected)
+    # the grey measured too, the figures fall (the test's premise)
+    whole = [contrast_sample(read_image(tmp_path / "pulled" / "images" / r.file_name))
+             for r in ds.images]
+    assert min(int(np.percentile(v, 95, method="inverted_cdf"))
+               - int(np.percentile(v, 5, method="inverted_cdf")) for v in whole) < min(expected)

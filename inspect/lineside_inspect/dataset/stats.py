@@ -168,9 +168,12 @@ def contrast_stats(dataset: Dataset) -> dict[str, Any]:
 
     spans: list[int] = []
     unread = 0
+    grey = _painted(dataset)
     for rec in dataset.images:
         try:
-            spans.append(contrast(read_image(dataset.image_path(rec))))
+            image = read_image(dataset.image_path(rec))
+            area = grey.get(rec.file_name)
+            spans.append(contrast(image) if area is None else _judged_contrast(image, area))
         except (ImageError, ValueError):
             unread += 1
     if not spans:
@@ -186,6 +189,38 @@ def contrast_stats(dataset: Dataset) -> dict[str, Any]:
             "first_percentile": p1, "under_default": sum(s < BLANK_CONTRAST for s in spans),
             "suggested_min_contrast": suggested,
             "under_suggested": sum(s < suggested for s in spans)}
+
+
+def _painted(dataset: Dataset) -> dict[str, np.ndarray]:
+    """The pixels a pull painted grey (``info.outside_recipe_regions``), by file name: a
+    painted frame's (``painted_area``), and its golden's, painted by the same mask. Their
+    grey is no part of the product: measured with it, a narrow roi's frames spanned ~114
+    to the board's levels and the suggested ``min_contrast`` fell (session 56)."""
+    from lineside_inspect.store.pull_regions import painted_area  # (store imports dataset)
+
+    out: dict[str, np.ndarray] = {}
+    for rec in dataset.images:
+        if (area := painted_area(dataset, rec)) is not None:
+            out[rec.file_name] = area
+            if rec.reference is not None:  # (a golden painted alike is named by its content)
+                out.setdefault(rec.reference, area)
+    return out
+
+
+def _judged_contrast(image: np.ndarray, painted: np.ndarray) -> int:
+    """:func:`runtime.reference.contrast` of the pixels of ``image`` not ``painted``: on
+    its sampling grid, or every such pixel where the grid meets none (a roi narrower than
+    its stride). A frame painted whole shows nothing: ValueError (not measured)."""
+    from lineside_inspect.runtime.reference import contrast_grid, contrast_sample, gray, spread
+
+    if painted.shape != image.shape[:2]:
+        raise ValueError("not its record's size")  # (`data validate` names it)
+    values = contrast_sample(image)[~painted[contrast_grid(*painted.shape)]]
+    if not values.size:
+        values = gray(image)[~painted]
+    if not values.size:
+        raise ValueError("painted whole")
+    return spread(values)
 
 
 # what --plot writes in the format of its suffix (matplotlib's "raw" is a bare pixel dump,

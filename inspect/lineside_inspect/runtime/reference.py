@@ -149,18 +149,28 @@ def contrast_sample(image: np.ndarray) -> np.ndarray:
     """The pixels :func:`contrast` reads: a grid of every 4th pixel of every 4th row,
     wider where that would pass :data:`CONTRAST_SAMPLES` (and wider along a side that
     alone would pass it, for a frame of a few rows or columns)."""
-    h, w = image.shape[:2]
+    return gray(np.ascontiguousarray(image[contrast_grid(*image.shape[:2])]))
+
+
+def contrast_grid(h: int, w: int) -> tuple[slice, slice]:
+    """The rows and columns of an ``h`` x ``w`` image :func:`contrast_sample` reads (a
+    mask of the image sliced by it lines up with the sample)."""
     step = max(4, math.isqrt(max(0, h * w - 1) // CONTRAST_SAMPLES) + 1)
     rows_step = max(step, -(-h // CONTRAST_SAMPLES))
     rows = -(-h // rows_step)
     cols_step = max(step, -(-w // max(1, CONTRAST_SAMPLES // max(1, rows))))
-    return gray(np.ascontiguousarray(image[::rows_step, ::cols_step]))
+    return slice(None, None, rows_step), slice(None, None, cols_step)
 
 
 def contrast(image: np.ndarray) -> int:
     """The grey levels ``image`` spans, 5th to 95th percentile, on a bounded grid of its
     pixels (:func:`contrast_sample`: a view's contrast, not its pixels')."""
-    hist = np.bincount(contrast_sample(image).ravel(), minlength=256).cumsum()
+    return spread(contrast_sample(image))
+
+
+def spread(values: np.ndarray) -> int:
+    """The grey levels ``values`` (8-bit) span, 5th to 95th percentile; 0 of none."""
+    hist = np.bincount(values.ravel(), minlength=256).cumsum()
     n = int(hist[-1])
     if n == 0:
         return 0

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import httpx
@@ -351,8 +351,8 @@ class _Placing:
         # end. Each was an INFO line `data pull` does not show, or none at all: a disk
         # cleanup's or retention's reviewed inspections left the set unsaid (session 52)
         self.imageless: dict[str, list[str]] = {}
-        # the pulled frames by the sha256 of their bytes as written (:meth:`_one_picture_once`)
-        self.pictures: dict[str, list[tuple[tuple[Any, ...], ImageRecord]]] = {}
+        # the pulled frames, to pull each picture once (:meth:`_one_picture_once`)
+        self.pictures: list[_Picture] = []
 
     def first(self, inspection_id: str) -> bool:
         """Whether the inspection is new to this pull (a list's pages may repeat one)."""
@@ -380,6 +380,7 @@ class _Placing:
         """``item``'s record in the dataset, its image staged at ``image`` and its golden
         (the store's ``refs/<sha256>.<ext>``) at ``golden``; or left out, named."""
         data = _read(image, "image")  # (or why it does not read: the store's file's mode)
+        stored = data  # (the frame as stored: what makes two inspections one picture)
         ref: bytes | str | None = None  # the golden's bytes, when its check read them
         problem = data if isinstance(data, str) else _image_problem(item, data)
         if problem is None and golden is not None:
@@ -425,8 +426,7 @@ class _Placing:
             self.records.append(rec)
         # the bytes as written: as read (:func:`_upright`), painted out, or the aligned PNG
         written = image.read_bytes() if isinstance(aligned, Path) and out is None else data
-        self.pictures.setdefault(hashlib.sha256(written if isinstance(written, bytes) else b"")
-                                 .hexdigest(), []).append((_last_word(item), rec))
+        self.pictures.append(_Picture(_sha(stored), _sha(written), _last_word(item), rec))
 
     def _paint_out(self, item: dict[str, Any], rec: ImageRecord, image: Path,
                    data: bytes | str, golden: Path | None, shift: tuple[float, float] | None,
@@ -471,22 +471,34 @@ class _Placing:
         return target, staged, got
 
     def _one_picture_once(self) -> None:
-        """Of byte-identical pulled frames (one picture inspected twice: a line client's
-        retry of a timed-out request, a simulated camera looping its files, a PLC
+        """Of frames stored byte for byte alike (one picture inspected twice: a line
+        client's retry of a timed-out request, a simulated camera looping its files, a PLC
         re-trigger), the one whose latest review is newest, the reviewers' last word
         (:func:`_last_word`), stays; the others are left out, each kind said in one line.
         Both went in, and copies reviewed differently made `data validate` and `lineside
         train` refuse the whole pulled set, the pull saying nothing (session 52); copies
-        labelled alike were reported as duplicates. Golden images (``references/``, one
-        many pairs share) are no frames: one whose pairs all went stays out with them."""
+        labelled alike were reported as duplicates. The frames as stored are compared
+        first: painted out (pull_regions.py), copies differ where a reviewer's box kept one
+        unpainted or two recipe versions' regions painted them, and all went in, labelled
+        two ways (session 56). Then those kept are compared as written (frames of other
+        bytes, a frame counter's, read alike: aligned, or painted alike), which `data
+        validate` would find copies. Golden images (``references/``, one many pairs share)
+        are no frames: one whose pairs all went stays out with them."""
         out: dict[bool, list[tuple[ImageRecord, ImageRecord]]] = {True: [], False: []}
-        for copies in self.pictures.values():
-            if len(copies) < 2:
-                continue
-            keep = max(copies, key=lambda c: c[0])[1]
-            for _, rec in copies:
-                if rec is not keep:  # (the validator's own rule for "labelled differently")
-                    out[DuplicateGroup("exact", [keep, rec]).labels_differ].append((rec, keep))
+        kept = self.pictures
+        for which in ("stored", "written"):  # (the second pass: of those the first kept)
+            by: dict[str, list[_Picture]] = {}
+            for picture in kept:
+                by.setdefault(getattr(picture, which), []).append(picture)
+            kept = []
+            for copies in by.values():
+                keep = max(copies, key=lambda c: c.last_word).rec
+                for picture in copies:
+                    if picture.rec is keep:
+                        kept.append(picture)
+                    else:  # (the validator's own rule for "labelled differently")
+                        differ = DuplicateGroup("exact", [keep, picture.rec]).labels_differ
+                        out[differ].append((picture.rec, keep))
         gone = {id(rec) for pairs in out.values() for rec, _ in pairs}
         if not gone:
             return
@@ -562,6 +574,16 @@ class _Placing:
         return write_dataset(dataset, dst, overwrite=overwrite)
 
 
+class _Picture(NamedTuple):
+    """A pulled frame as :meth:`_Placing._one_picture_once` compares it: the sha256 of
+    its bytes as stored and as written, and its :func:`_last_word`."""
+
+    stored: str
+    written: str
+    last_word: tuple[Any, ...]
+    rec: ImageRecord
+
+
 def _last_word(item: dict[str, Any]) -> tuple[Any, ...]:
     """What orders copies of one picture (:meth:`_Placing._one_picture_once`), the
     largest kept: a reviewed one before any unreviewed (the model's word, with
@@ -571,6 +593,11 @@ def _last_word(item: dict[str, Any]) -> tuple[Any, ...]:
     last = reviews[-1] if reviews else None
     return (last is not None, _when(last["created_at"]) if last else _when(None),
             int(last["id"]) if last else -1, _when(item.get("created_at")), item["id"])
+
+
+def _sha(data: bytes | str) -> str:
+    """The sha256 of a frame's bytes (a frame that did not read is never placed)."""
+    return hashlib.sha256(data if isinstance(data, bytes) else b"").hexdigest()
 
 
 def _when(value: Any) -> datetime:
