@@ -109,5 +109,5 @@ def test_a_painted_frame_without_its_regions_is_refused_by_name(pulled: Path,
     (bad / "images").symlink_to(pulled / "images")
     (bad / "annotations.json").write_text(json.dumps(ann))
     ds = read_dataset(bad)
-    with pytest.raises(DatasetError, match="names 'left:1' as the recipe that judged"):
+    with pytest.raises(DatasetError, match="regions of 'left:1' are not a recipe's roi/ignore: roi"):
         painted_area(ds, ds.images[0])

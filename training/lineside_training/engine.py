@@ -51,6 +51,7 @@ from lineside_inspect.errors import (
 from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
 from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, tile_origins
+from lineside_inspect.store.pull_regions import painted_regions
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import STRIDE, TrainConfig, as_written, shown
@@ -107,6 +108,9 @@ def load_data(cfg: TrainConfig) -> TrainData:
     train = dataset.in_split("train")
     digests: dict[str, str] = {}  # image path -> sha256: each file hashed once (_merge)
     warnings = check_set(cfg.data, dataset, digests)
+    # a painted set's regions evaluation reads (validation, each epoch): said at start,
+    # not after the first epoch's hours
+    painted_regions(dataset)
     held: dict[str, int] = {}  # per merged set: its val/test images, which stay held out
     merged = (_merge(cfg, dataset, class_names, train, held, warnings, digests)
               if cfg.extra_data else {})

@@ -21,7 +21,7 @@ from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.tiles import Tiling
-from lineside_inspect.store.pull_regions import painted_area
+from lineside_inspect.store.pull_regions import painted_area, painted_regions
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 from lineside_training.models.postprocess import detections_per_image
 from lineside_training.package_writer import export_graph
@@ -57,6 +57,7 @@ def predict_records(
     where it can be; the predictions are the same to float rounding. ``tiling`` (a
     native-scale run's, config ``tiling``): each frame is judged as the exported card's
     recipe will judge it, through the edge runtime's own tiling (:func:`tiled_predictions`)."""
+    painted_regions(dataset)  # a set's painted regions it cannot read: said before any frame
     if tiling is not None:
         return tiled_predictions(model, dataset, records, class_names, size=size,
                                  device=device, tiling=tiling, onnx=onnx)
@@ -83,9 +84,10 @@ def off_the_grey(dataset: Dataset, records: list[ImageRecord],
     """``preds`` without the boxes centred where a pull painted the frame out (its recipe
     never judged there: :func:`lineside_inspect.store.pull_regions.painted_area`), as the
     recipe's roi/ignore drop them on the line; a frame not painted keeps all of its own."""
-    out = []
+    out: list[Prediction] = []
+    regions = painted_regions(dataset)  # each version's read once, not once a frame
     for rec, p in zip(records, preds, strict=True):
-        grey = painted_area(dataset, rec) if len(p.boxes) else None
+        grey = painted_area(dataset, rec, regions) if len(p.boxes) else None
         if grey is not None:
             h, w = grey.shape
             cx = np.clip(np.floor((p.boxes[:, 0] + p.boxes[:, 2]) / 2), 0, w - 1).astype(int)
@@ -228,6 +230,7 @@ def runtime_predictions(detector: Detector, records: list[ImageRecord], dataset:
                         tiling: Tiling | None = None) -> list[Prediction]:
     """The runtime's detections of each record, as the server finds them under a recipe
     with ``tiling`` (a frame larger than its tile judged as tiles, boxes joined)."""
+    painted_regions(dataset)  # a set's painted regions it cannot read: said before any frame
     out = []
     for rec in records:
         d = detector.predict(*runtime_inputs(detector, dataset, rec), tiling=tiling)[0]

@@ -31,16 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from lineside_inspect.dataset import Box, Dataset, ImageRecord
-from lineside_inspect.errors import DatasetError
+from lineside_inspect.errors import DatasetError, describe_validation, echo
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.recipes.saved import SavedRecipes
-from lineside_inspect.recipes.schema import Recipe, RecipeRegions
-from lineside_inspect.runtime.anomaly_map import Looks, Points, _looked_at
+from lineside_inspect.recipes.schema import JudgedRegions, Recipe, RecipeRegions
+from lineside_inspect.runtime.anomaly_map import Looks, _looked_at
 from lineside_inspect.runtime.preprocess import Letterbox
 
 log = logging.getLogger("lineside.store")
@@ -205,45 +206,65 @@ def painted(data: bytes, mask: np.ndarray, path: Path) -> bytes | str:
     return out
 
 
-def painted_area(dataset: Dataset, rec: ImageRecord) -> np.ndarray | None:
+def painted_area(dataset: Dataset, rec: ImageRecord,
+                 regions: dict[str, Looks] | None = None) -> np.ndarray | None:
     """The pixels of ``rec``'s frame a pull painted out (its recipe never judged them, not
     in its truth's boxes), from the set's ``info.outside_recipe_regions``; None for a
     frame not painted. A prediction centred there is one the recipe would never have
     counted, on grey: evaluation scored the painted edges (a trace cut off looks like an
-    `open`, an ignored square like a `short`) as false alarms (session 56)."""
+    `open`, an ignored square like a `short`) as false alarms (session 56). ``regions``:
+    :func:`painted_regions` of the set, read once for many frames."""
     said = dataset.info.get("outside_recipe_regions")
     if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
         return None  # none painted, or a pull of before session 56 (no regions said)
     key = said["judged_by"].get(rec.file_name)
     if key is None:
         return None
-    looks = _said_looks(said.get("regions"), key)
+    looks = None if regions is None else regions.get(str(key))
     if looks is None:
-        raise DatasetError(f"{dataset.root}: annotations.json info.outside_recipe_regions "
-                           f"names {key!r} as the recipe that judged {rec.file_name!r} but "
-                           "holds no roi/ignore polygons of it (lists of [x, y] points) "
-                           "under 'regions'; remove 'judged_by' to evaluate the frames whole")
+        looks = _said_looks(dataset, said.get("regions"), key)
     return unjudged(looks, rec.width, rec.height, rec.aligned, rec.boxes)
 
 
-def _said_looks(regions: object, key: object) -> Looks | None:
-    """The (roi, ignore) said for ``key`` in the set's ``regions``, or None when not well
-    formed (a hand-edited file)."""
+def painted_regions(dataset: Dataset) -> dict[str, Looks]:
+    """Each recipe version's (roi, ignore) the set's painted frames name, held to a
+    recipe's rules and to the pull's :data:`MAX_PAINTED_POINTS`: a :class:`DatasetError`
+    naming the first that is not, before any frame is predicted (a hand-edited info of
+    50,000 squares took a minute a frame, an integer past a float's range was a
+    traceback; adversarial review, session 56). {} for a set none of whose frames a pull
+    painted."""
+    said = dataset.info.get("outside_recipe_regions")
+    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
+        return {}
+    out: dict[str, Looks] = {}
+    for key in said["judged_by"].values():
+        if str(key) not in out:
+            out[str(key)] = _said_looks(dataset, said.get("regions"), key)
+    return out
+
+
+def _said_looks(dataset: Dataset, regions: object, key: object) -> Looks:
+    """The (roi, ignore) said for ``key`` in the set's ``regions`` (a hand-edited file may
+    hold anything: a DatasetError saying what is wrong)."""
     got = regions.get(key) if isinstance(regions, dict) and isinstance(key, str) else None
+    where = f"{dataset.root}: annotations.json info.outside_recipe_regions"
     if not isinstance(got, dict):
-        return None
-    out: list[tuple[Points, ...]] = []
-    for part in ("roi", "ignore"):
-        polys = got.get(part)
-        if not isinstance(polys, list):
-            return None
-        points: list[Points] = []
-        for poly in polys:
-            if not isinstance(poly, list) or len(poly) < 3 or not all(
-                    isinstance(p, list) and len(p) == 2
-                    and all(isinstance(v, int | float) and not isinstance(v, bool)
-                            and np.isfinite(v) for v in p) for p in poly):
-                return None
-            points.append(tuple((float(p[0]), float(p[1])) for p in poly))
-        out.append(tuple(points))
-    return out[0], out[1]
+        raise DatasetError(f"{where} names {echo(key)} as the recipe that judged a painted "
+                           "frame but holds no roi/ignore polygons of it (lists of [x, y] "
+                           "points) under 'regions'; remove 'judged_by' to evaluate the "
+                           "frames whole")
+    # counted before they are read: reading a million points is itself the hang
+    points = sum(len(p) for part in ("roi", "ignore") if isinstance(got.get(part), list)
+                 for p in got[part] if isinstance(p, list))
+    if points > MAX_PAINTED_POINTS:
+        raise DatasetError(f"{where}: the regions of {echo(key)} hold {points} points, over "
+                           f"the {MAX_PAINTED_POINTS} a pull paints by; remove 'judged_by' to "
+                           "evaluate the frames whole")
+    try:
+        judged_regions = JudgedRegions.model_validate(got)
+    except ValidationError as exc:
+        raise DatasetError(f"{where}: the regions of {echo(key)} are not a recipe's roi/"
+                           f"ignore: {describe_validation(exc.errors())}; remove 'judged_by' "
+                           "to evaluate the frames whole") from None
+    return (tuple(tuple(p) for p in judged_regions.roi),
+            tuple(tuple(p) for p in judged_regions.ignore))
