@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from lineside_inspect.dataset import dataset_stats, read_dataset, validate_dir
+from lineside_inspect.dataset.painted import painted_area
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.store.pull import pull_from_server, pull_from_store
-from lineside_inspect.store.pull_regions import painted_area
 
 from .conftest import ROOT, Running, keyed, numbered, start_server
 
@@ -308,7 +308,7 @@ def test_a_version_of_too_many_points_is_pulled_whole_not_painted_for_ever(
     million points (a hostile server's answer, a hand-edited versions file) took 10 s a
     frame. A version past MAX_PAINTED_POINTS is pulled whole and said (adversarial
     review, session 56)."""
-    from lineside_inspect.store.pull_regions import MAX_PAINTED_POINTS
+    from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS
 
     srv, got = station
     path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"

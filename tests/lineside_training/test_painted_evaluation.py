@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from lineside_inspect.dataset import read_dataset
+from lineside_inspect.dataset.painted import painted_area
 from lineside_inspect.errors import DatasetError
 from lineside_inspect.imageio import read_image
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.store.pull import pull_from_store
-from lineside_inspect.store.pull_regions import painted_area
 from lineside_training.evaluate import evaluate
 from lineside_training.predict import runtime_predictions
 

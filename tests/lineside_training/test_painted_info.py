@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from lineside_inspect.cli import app
 from lineside_inspect.dataset import read_dataset
+from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS, painted_area
 from lineside_inspect.errors import DatasetError
-from lineside_inspect.store.pull_regions import MAX_PAINTED_POINTS, painted_area
 from lineside_training.config import load_config
 from lineside_training.engine import load_data
 

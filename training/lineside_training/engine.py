@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from lineside_inspect.atomic import write_atomic
 from lineside_inspect.dataset import Dataset, ImageRecord, read_dataset
+from lineside_inspect.dataset.painted import painted_regions
 from lineside_inspect.dataset.stats import TINY_BOX_PX, shrunk_boxes
 from lineside_inspect.dataset.validate import (
     duplicate_warnings,
@@ -51,7 +52,6 @@ from lineside_inspect.errors import (
 from lineside_inspect.imageio import check_decodable
 from lineside_inspect.package import sha256_file
 from lineside_inspect.runtime.tiles import MAX_TILES, Tiling, tile_origins
-from lineside_inspect.store.pull_regions import painted_regions
 from lineside_inspect.user_files import load_yaml, read_text
 from lineside_training.budget import Budget, SchedulePlan, fitted_ema, format_duration, parse_duration
 from lineside_training.config import STRIDE, TrainConfig, as_written, shown

@@ -15,13 +15,13 @@ import torch
 from torch import Tensor, nn
 
 from lineside_inspect.dataset import Dataset, ImageRecord
+from lineside_inspect.dataset.painted import painted_area, painted_regions
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import PAD_VALUE, InputSpec, LetterboxSpec, ModelCard
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.runtime.preprocess import fit
 from lineside_inspect.runtime.session import OnnxSession
 from lineside_inspect.runtime.tiles import Tiling
-from lineside_inspect.store.pull_regions import painted_area, painted_regions
 from lineside_training.data.dataset import DetectionDataset, collate, read_reference
 from lineside_training.models.postprocess import detections_per_image
 from lineside_training.package_writer import export_graph

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset.model import Dataset, ImageRecord
+from lineside_inspect.dataset.painted import painted_area
 from lineside_inspect.errors import ImageError, MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
@@ -196,7 +197,6 @@ def _painted(dataset: Dataset) -> dict[str, np.ndarray]:
     painted frame's (``painted_area``), and its golden's, painted by the same mask. Their
     grey is no part of the product: measured with it, a narrow roi's frames spanned ~114
     to the board's levels and the suggested ``min_contrast`` fell (session 56)."""
-    from lineside_inspect.store.pull_regions import painted_area  # (store imports dataset)
 
     out: dict[str, np.ndarray] = {}
     for rec in dataset.images:

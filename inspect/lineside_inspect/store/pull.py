@@ -32,6 +32,7 @@ from lineside_inspect.dataset import Box, Dataset, ImageRecord, write_dataset
 from lineside_inspect.dataset.canonical import check_destination, writer_gone
 from lineside_inspect.dataset.duplicates import DuplicateGroup, labels_said
 from lineside_inspect.dataset.exif import HEAD_BYTES, as_stored, orientation
+from lineside_inspect.dataset.painted import unjudged
 from lineside_inspect.errors import (
     ConfigError,
     DatasetError,
@@ -50,7 +51,7 @@ from lineside_inspect.runtime.reference import shift_onto
 from lineside_inspect.runtime.unchanged import ALIGN_MAX_SHIFT
 from lineside_inspect.schemas import InspectionPage
 from lineside_inspect.store.models import InspectionRow
-from lineside_inspect.store.pull_regions import Regions, Source, painted, store_source, unjudged
+from lineside_inspect.store.pull_regions import Regions, Source, painted, store_source
 from lineside_inspect.store.pull_rules import left_out_why  # (the rules: one place)
 from lineside_inspect.store.pull_rules import located as _located
 from lineside_inspect.store.store import REFS_DIR, Store

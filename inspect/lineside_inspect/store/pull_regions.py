@@ -11,7 +11,7 @@ nothing, in the frame and its golden alike; the truth's own boxes stay as they a
 reviewer's box drawn outside the roi is a defect someone saw). The frame is then written
 as PNG (lossless, as an aligned frame is) and the dataset's ``info`` says which, and by
 which recipe version's regions: evaluation drops a prediction centred in the grey
-(:func:`painted_area`), as the recipe would have.
+(:func:`lineside_inspect.dataset.painted.painted_area`), as the recipe would have.
 
 The regions are the recipe's of the version that judged: a server answers each version
 of a name it knows in one answer (``GET /v1/recipes/{name}/regions``: the one judging
@@ -31,28 +31,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
-from lineside_inspect.dataset import Box, Dataset, ImageRecord
-from lineside_inspect.errors import DatasetError, describe_validation, echo
+from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.opencv import cv2
 from lineside_inspect.package import PAD_VALUE
 from lineside_inspect.recipes.saved import SavedRecipes
-from lineside_inspect.recipes.schema import JudgedRegions, Recipe, RecipeRegions
-from lineside_inspect.runtime.anomaly_map import Looks, _looked_at
-from lineside_inspect.runtime.preprocess import Letterbox
+from lineside_inspect.recipes.schema import Recipe, RecipeRegions
+from lineside_inspect.runtime.anomaly_map import Looks
 
 log = logging.getLogger("lineside.store")
 
 # what :class:`Regions` reads a recipe name's regions with: None when it cannot say
 Source = Callable[[str], RecipeRegions | None]
-# points of one version's roi and ignore the pull paints by: painting costs rows x edges
-# for each frame an alignment shifted, and a hostile server's answer of a million points
-# took 10 s a frame (adversarial review, session 56); a recipe put over the API holds a
-# few thousand at most (its 64 KB body). A version past it is pulled whole, said
-MAX_PAINTED_POINTS = 20_000
 
 
 def store_source(recipes_dir: Path) -> Source:
@@ -92,7 +84,7 @@ class Regions:
         self.unknown: dict[tuple[str, str], list[str]] = {}  # (recipe, version) -> file names
         self.masked: list[str] = []  # file names of frames painted out
         # each painted frame's recipe "name:version", and that version's (roi, ignore): the
-        # set says them (``info``), so evaluation drops what lands in the grey (:func:`painted_area`)
+        # set says them (``info``), so evaluation drops what lands in the grey (dataset/painted.py)
         self.judged_by: dict[str, str] = {}
         self.looks: dict[str, Looks] = {}
 
@@ -170,28 +162,6 @@ def _looks(name: str, got: RecipeRegions | None) -> dict[str, Looks | bool | Non
     return out
 
 
-def judged(regions: Looks, width: int, height: int,
-           shift: tuple[float, float] | None) -> np.ndarray:
-    """The pixels of a ``width`` x ``height`` frame its recipe judged, by a box centre's
-    rule (even-odd, by pixel centre); ``shift``: the frame was moved onto its golden by
-    it (its pixel (x, y) was (x + dx, y + dy) in the frame the regions are drawn on)."""
-    dx, dy = shift or (0.0, 0.0)
-    lb = Letterbox(1.0, 0, 0, width, height, shift_x=dx, shift_y=dy)
-    return _looked_at(regions, lb, (height, width))
-
-
-def unjudged(regions: Looks, width: int, height: int, shift: tuple[float, float] | None,
-             boxes: list[Box]) -> np.ndarray | None:
-    """The pixels to paint out: not judged, and in none of ``boxes`` (the truth, in this
-    frame's pixels); None when there are none."""
-    out = ~judged(regions, width, height, shift)
-    for b in boxes:
-        # clamped at 0: a negative start would slice from the far edge
-        x1, y1 = max(0, int(np.floor(b.x1))), max(0, int(np.floor(b.y1)))
-        out[y1:max(0, int(np.ceil(b.y2))), x1:max(0, int(np.ceil(b.x2)))] = False
-    return out if out.any() else None
-
-
 def painted(data: bytes, mask: np.ndarray, path: Path) -> bytes | str:
     """The image ``data`` with ``mask``'s pixels set to the pad value, written to ``path``
     as PNG; its bytes, or why it could not be."""
@@ -204,67 +174,3 @@ def painted(data: bytes, mask: np.ndarray, path: Path) -> bytes | str:
     out = buf.tobytes()
     path.write_bytes(out)
     return out
-
-
-def painted_area(dataset: Dataset, rec: ImageRecord,
-                 regions: dict[str, Looks] | None = None) -> np.ndarray | None:
-    """The pixels of ``rec``'s frame a pull painted out (its recipe never judged them, not
-    in its truth's boxes), from the set's ``info.outside_recipe_regions``; None for a
-    frame not painted. A prediction centred there is one the recipe would never have
-    counted, on grey: evaluation scored the painted edges (a trace cut off looks like an
-    `open`, an ignored square like a `short`) as false alarms (session 56). ``regions``:
-    :func:`painted_regions` of the set, read once for many frames."""
-    said = dataset.info.get("outside_recipe_regions")
-    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
-        return None  # none painted, or a pull of before session 56 (no regions said)
-    key = said["judged_by"].get(rec.file_name)
-    if key is None:
-        return None
-    looks = None if regions is None else regions.get(str(key))
-    if looks is None:
-        looks = _said_looks(dataset, said.get("regions"), key)
-    return unjudged(looks, rec.width, rec.height, rec.aligned, rec.boxes)
-
-
-def painted_regions(dataset: Dataset) -> dict[str, Looks]:
-    """Each recipe version's (roi, ignore) the set's painted frames name, held to a
-    recipe's rules and to the pull's :data:`MAX_PAINTED_POINTS`: a :class:`DatasetError`
-    naming the first that is not, before any frame is predicted (a hand-edited info of
-    50,000 squares took a minute a frame, an integer past a float's range was a
-    traceback; adversarial review, session 56). {} for a set none of whose frames a pull
-    painted."""
-    said = dataset.info.get("outside_recipe_regions")
-    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
-        return {}
-    out: dict[str, Looks] = {}
-    for key in said["judged_by"].values():
-        if str(key) not in out:
-            out[str(key)] = _said_looks(dataset, said.get("regions"), key)
-    return out
-
-
-def _said_looks(dataset: Dataset, regions: object, key: object) -> Looks:
-    """The (roi, ignore) said for ``key`` in the set's ``regions`` (a hand-edited file may
-    hold anything: a DatasetError saying what is wrong)."""
-    got = regions.get(key) if isinstance(regions, dict) and isinstance(key, str) else None
-    where = f"{dataset.root}: annotations.json info.outside_recipe_regions"
-    if not isinstance(got, dict):
-        raise DatasetError(f"{where} names {echo(key)} as the recipe that judged a painted "
-                           "frame but holds no roi/ignore polygons of it (lists of [x, y] "
-                           "points) under 'regions'; remove 'judged_by' to evaluate the "
-                           "frames whole")
-    # counted before they are read: reading a million points is itself the hang
-    points = sum(len(p) for part in ("roi", "ignore") if isinstance(got.get(part), list)
-                 for p in got[part] if isinstance(p, list))
-    if points > MAX_PAINTED_POINTS:
-        raise DatasetError(f"{where}: the regions of {echo(key)} hold {points} points, over "
-                           f"the {MAX_PAINTED_POINTS} a pull paints by; remove 'judged_by' to "
-                           "evaluate the frames whole")
-    try:
-        judged_regions = JudgedRegions.model_validate(got)
-    except ValidationError as exc:
-        raise DatasetError(f"{where}: the regions of {echo(key)} are not a recipe's roi/"
-                           f"ignore: {describe_validation(exc.errors())}; remove 'judged_by' "
-                           "to evaluate the frames whole") from None
-    return (tuple(tuple(p) for p in judged_regions.roi),
-            tuple(tuple(p) for p in judged_regions.ignore))
