@@ -10,7 +10,7 @@ import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -22,6 +22,9 @@ from lineside_inspect.imageio import IMAGE_SUFFIXES
 from lineside_inspect.package import ModelCard
 from lineside_inspect.runtime.detector import Detector
 from lineside_inspect.serve_process import stopped_at_exit, temp_directory
+
+if TYPE_CHECKING:
+    from lineside_inspect.references import Reference
 
 
 def servable_card(package: str | Path) -> ModelCard:
@@ -116,6 +119,57 @@ def single_image_package(package: str | Path, command: str) -> None:
                          "without a golden image, which it refuses; time it with lineside bench "
                          f"model {package} (--pairs DATASET: parts judged against their golden "
                          "image)")
+
+
+BENCH_REFERENCE = "bench"  # the name bench server registers a reference model's golden under
+
+
+def server_golden(package: str | Path, image_path: str | Path,
+                  golden_path: str | Path | None) -> Reference | None:
+    """The golden image (a :class:`~lineside_inspect.references.Reference`) every frame of
+    ``lineside bench server`` is judged against, or None for a single-image model. A
+    reference model refuses a frame alone, so the bench registers this golden on its
+    servers as a user does (``PUT /v1/references``) and names it with each frame; by
+    default the ``_temp`` twin of a DeepPCB-named ``*_test`` image, the sample's pair.
+    Read before any server starts: a missing or unreadable golden is one line, not a
+    minute of start-up and then every request refused."""
+    from lineside_inspect.errors import ImageError
+    from lineside_inspect.package import load_package
+    from lineside_inspect.references import Reference
+
+    card = load_package(package).card
+    if not card.needs_reference:
+        if golden_path is not None:
+            raise BenchError(f"--golden {golden_path}: {package} is not a reference model, it "
+                             "judges frames alone; leave --golden out")
+        return None
+    if golden_path is None:
+        image = Path(image_path)
+        twin = image.with_name(image.stem.removesuffix("_test") + "_temp" + image.suffix)
+        if not image.stem.endswith("_test") or not twin.is_file():
+            raise BenchError(f"{package} is a reference model: give the golden image of "
+                             f"--image {image_path} with --golden PATH (the defect-free part "
+                             "in the same view); only a DeepPCB *_test image finds its "
+                             "*_temp golden by itself")
+        golden_path = twin
+    if not Path(golden_path).is_file():
+        raise BenchError(f"--golden {golden_path}: no such file (the golden image every "
+                         "frame is judged against)")
+    try:
+        return Reference.from_bytes(BENCH_REFERENCE, Path(golden_path).read_bytes())
+    except ImageError as exc:
+        raise BenchError(f"--golden {golden_path}: {exc.message}") from None
+
+
+def _register_golden(url: str, golden: Reference) -> None:
+    """``golden`` registered on the server at ``url`` as a user does: ``PUT
+    /v1/references/NAME`` (the bench's servers run without keys, as a box does before
+    its first)."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as c:
+        _answered(c.put(f"/v1/references/{BENCH_REFERENCE}", content=golden.raw,
+                        headers={"Content-Type": f"image/{golden.ext.replace('jpg', 'jpeg')}"}))
 
 
 def camera_frames(folder: str | Path) -> Any:
@@ -258,10 +312,11 @@ class _Line:
     5.00 ms), and on two shared cores whatever the client spends is measured as server
     overhead. httpx cost ~0.4 ms more again."""
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, path: str = "/v1/inspect") -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout = timeout
+        self.path = path  # with ?reference=NAME for a reference model
         self.sock: socket.socket | None = None
         self._image: bytes | None = None
         self._request = b""
@@ -269,7 +324,7 @@ class _Line:
     def inspect(self, image: bytes) -> tuple[int, bytes]:
         if image is not self._image:
             self._image, self._request = image, (
-                f"POST /v1/inspect HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Type: image/jpeg\r\nContent-Length: {len(image)}\r\n\r\n"
             ).encode() + image
         try:
@@ -298,7 +353,8 @@ class _Line:
             self.sock = None
 
 
-def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
+def _load(url: str, image: bytes, clients: int, seconds: float,
+          path: str = "/v1/inspect") -> float:
     """Inspections per second with ``clients`` keep-alive connections sending back to back.
     A refused or failed request stops the measurement with the server's answer: a rate
     from fewer clients than asked would be wrong."""
@@ -309,7 +365,7 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
     failures: list[str] = []
 
     def client(i: int) -> None:
-        line = _Line(url)
+        line = _Line(url, path=path)
         try:
             while time.perf_counter() < stop and not failures:
                 status, body = line.inspect(image)
@@ -336,7 +392,7 @@ def _load(url: str, image: bytes, clients: int, seconds: float) -> float:
 def bench_server(package: str | Path, image_path: str | Path, *, requests: int = 40,
                  seconds: float = 10.0, clients: tuple[int, ...] = (1, 4, 8),
                  threads: int | None = None, concurrency: int = 2,
-                 rounds: int = 3) -> list[dict[str, Any]]:
+                 rounds: int = 3, golden_path: str | Path | None = None) -> list[dict[str, Any]]:
     """What the server adds to the model, with the store on and off, side by side with
     the same package run back to back in this process:
 
@@ -350,13 +406,19 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     A shared host's load changes from minute to minute, so nothing is measured in one
     block: both servers run from the start, and each of ``rounds`` rounds takes its share
     of every measurement in turn (in-process, store on, store off), each load beside its
-    own in-process baseline. The figures are medians over the rounds."""
+    own in-process baseline. The figures are medians over the rounds.
+
+    A reference model's frames are each judged against a golden image (``golden_path``,
+    see :func:`server_golden`): registered once on each server and named with every
+    request, as a station does, and given to the in-process runs too, so the overhead
+    stays round trip minus the same inference."""
 
     from lineside_inspect.imageio import decode_image
     from lineside_inspect.inspector import inspect
     from lineside_inspect.recipes import Recipe
 
-    single_image_package(package, "server")
+    golden = server_golden(package, image_path, golden_path)
+    path = "/v1/inspect" if golden is None else f"/v1/inspect?reference={BENCH_REFERENCE}"
     use_one_arena()  # as lineside serve runs (see lineside_inspect.allocator)
     package = Path(package).resolve()
     image = Path(image_path).read_bytes()
@@ -368,8 +430,8 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
     def in_process(span: float) -> float:
         t0, n = time.perf_counter(), 0
         while time.perf_counter() - t0 < span:
-            infer.append(inspect(decode_image(image, keep_grey=True), det, recipe)
-                         .timings_ms["infer"])
+            infer.append(inspect(decode_image(image, keep_grey=True), det, recipe,
+                                 reference=golden).timings_ms["infer"])
             n += 1
         return n / (time.perf_counter() - t0)
 
@@ -392,6 +454,9 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
                     future.result()
                 except RuntimeError as exc:
                     raise BenchError(str(exc)) from None
+        if golden is not None:
+            for _, url in servers.values():
+                _register_golden(url, golden)
         overhead: dict[bool, list[float]] = {s: [] for s in stores}
         round_trip: dict[bool, list[float]] = {s: [] for s in stores}
         server_infer: dict[bool, list[float]] = {s: [] for s in stores}
@@ -402,7 +467,7 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
             for store in stores:
                 # a connection per round: one left idle through the loads would meet
                 # the server's keep-alive timeout
-                line = _Line(servers[store][1])
+                line = _Line(servers[store][1], path=path)
                 try:
                     for i in range(-(-requests // rounds) + (5 if r == 0 else 0)):
                         t = time.perf_counter()
@@ -423,7 +488,7 @@ def bench_server(package: str | Path, image_path: str | Path, *, requests: int =
             for k in clients:
                 for store in stores:
                     base = in_process(span)
-                    rate = _load(servers[store][1], image, k, span)
+                    rate = _load(servers[store][1], image, k, span, path)
                     baseline.append(base)
                     rates.setdefault((store, k), []).append(rate)
                     ratios.setdefault((store, k), []).append(rate / base)

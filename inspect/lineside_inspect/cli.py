@@ -1129,15 +1129,20 @@ def bench_server_cmd(
     rounds: Annotated[int, typer.Option(
         min=1, help="interleaved rounds the measurements are split into")] = 3,
     clients: Annotated[str, typer.Option(help="client counts to load the server with")] = "1,4,8",
+    golden: Annotated[Path | None, typer.Option(help=(
+        "reference models: the golden image every frame is judged against (default: "
+        "--image's *_temp twin, as DeepPCB names its pairs)"))] = None,
 ) -> None:
     """Server overhead (round trip minus inference) and throughput at 1/4/8 clients versus
-    the model back to back in-process, store on and off, in one run."""
+    the model back to back in-process, store on and off, in one run. A reference model's
+    golden is registered on the servers (PUT /v1/references) and named with each frame."""
     from lineside_inspect.bench import bench_server, format_server_rows
 
     counts = _counts("--clients", clients)
     with sigterm_as_ctrl_c():  # its two servers and the temp folder are stopped, as on Ctrl-C
         rows = bench_server(package, image, requests=requests, seconds=seconds, threads=threads,
-                            concurrency=concurrency, rounds=rounds, clients=counts)
+                            concurrency=concurrency, rounds=rounds, clients=counts,
+                            golden_path=golden)
     out.print(format_server_rows(rows, counts), markup=False)
 
 

@@ -54,7 +54,7 @@ def test_a_missing_package_is_one_line(command: str, tmp_path: Path) -> None:
     _refused(["bench", command, str(tmp_path / "nope")], "model package folder not found")
 
 
-@pytest.mark.parametrize("command", ["camera", "server", "shadow"])
+@pytest.mark.parametrize("command", ["camera", "shadow"])
 def test_a_reference_model_is_refused_by_benches_that_send_frames_alone(command: str) -> None:
     _refused(["bench", command, str(MODELS / "deeppcb-ref" / "1")], "is a reference model",
              "lineside bench model")

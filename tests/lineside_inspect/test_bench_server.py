@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lineside_inspect.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041" / "00041000_temp.jpg"
 
 
 def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
@@ -41,6 +42,53 @@ def test_bench_server_prints_overhead_and_ratios_store_on_and_off() -> None:
             assert 0 < low <= ratio <= high, cell
     assert "medians of 2 interleaved rounds" in result.output
     assert "the lowest and highest round" in result.output
+
+
+def test_a_reference_model_is_timed_against_its_golden_registered_on_the_servers() -> None:
+    """A reference model refuses a frame alone: the bench registers the sample pair's golden
+    (``00041000_temp.jpg``, the default ``--image``'s twin) on both servers over
+    ``PUT /v1/references`` and names it with each frame, and the in-process runs judge the
+    same pair. Before, ``bench server`` refused every reference model."""
+    result = CliRunner().invoke(app, [
+        "bench", "server", str(ROOT / "models" / "deeppcb-ref" / "1"),
+        "--image", str(ROOT / "datasets" / "deeppcb-sample" / "images" / "group00041" /
+                       "00041000_test.jpg"),
+        "--seconds", "0.5", "--requests", "3", "--rounds", "1", "--clients", "1",
+        "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split("|")[1].strip(): line.split("|")[2:4] for line in
+             result.output.splitlines() if line.startswith("|")}
+    for name in ("round trip p50", "server `infer` p50", "in-process infer p50"):
+        for cell in lines[name]:
+            assert re.fullmatch(r" [\d.]+ ms ", cell), (name, cell)
+    for cell in lines["**overhead p50** (round trip minus infer)"]:
+        # the round trip minus the server's infer: negative only if the figures were wrong
+        found = re.fullmatch(r" \*\*(-?[\d.]+) ms\*\* \(rounds (-?[\d.]+)-(-?[\d.]+)\) ", cell)
+        assert found, cell
+        assert all(math.isfinite(float(x)) for x in found.groups())
+    for cell in lines["1 client"]:
+        found = re.fullmatch(r" [\d.]+ img/s = ([\d.]+)x \(([\d.]+)-([\d.]+)\) ", cell)
+        assert found and float(found[1]) > 0, cell
+    assert "medians of 1 interleaved rounds" in result.output
+
+
+def test_bench_server_golden_is_refused_where_it_cannot_be_used(tmp_path: Path) -> None:
+    """``--golden`` for a single-image model, a golden that is not there, and a reference
+    model's frame with no golden to find: each one line, before any server starts."""
+    runner = CliRunner()
+    lone = tmp_path / "board.jpg"  # not named *_test: no golden twin to find
+    lone.write_bytes(GOLDEN.read_bytes())
+    cases = [
+        ([str(ROOT / "models" / "deeppcb" / "1"), "--golden", str(GOLDEN)],
+         "is not a reference model"),
+        ([str(ROOT / "models" / "deeppcb-ref" / "1"), "--golden", str(tmp_path / "none.jpg")],
+         "no such file"),
+        ([str(ROOT / "models" / "deeppcb-ref" / "1"), "--image", str(lone)], "--golden PATH"),
+    ]
+    for args, said in cases:
+        result = runner.invoke(app, ["bench", "server", *args])
+        assert result.exit_code == 2, result.output
+        assert said in result.output and "Traceback" not in result.output, result.output
 
 
 def test_a_dropped_connection_is_one_error_line_not_a_silent_exit() -> None:
