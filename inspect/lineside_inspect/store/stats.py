@@ -231,6 +231,21 @@ def _figure(start: datetime, end: datetime, c: dict[str, int]) -> dict[str, Any]
     return {"start": start, "end": end, **yield_figure(c)}
 
 
+def _review_rule(final: Any) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """models.reviewed_verdict's rule in SQL, of an inspection whose current review is the
+    row ``final`` (an alias of the reviews; its boxes a list: ``is_list`` first): (a fail
+    it overturns, a false reject: no box left, unless its last review confirmed it and
+    nobody called it one; a pass it fails, an escape: a missed defect drawn, boxes left).
+    One rule for the review figures (:func:`review_quality`) and each inspection's
+    verdict after review (:func:`after_review`)."""
+    boxless = func.json_array_length(final.c.boxes) == 0
+    flagged = exists().where(ReviewRow.inspection_id == InspectionRow.id,
+                             ReviewRow.action == "false_reject").correlate(InspectionRow)
+    missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
+                            ReviewRow.action == "missed_defect").correlate(InspectionRow)
+    return and_(boxless, or_(final.c.action != "confirm", flagged)), and_(missed, ~boxless)
+
+
 def after_review(dialect: str) -> Any:
     """Each inspection's verdict after review, 'pass' or 'fail', by models.reviewed_verdict's
     rule (as :func:`review_quality` counts it), read from its current review (the last in
@@ -240,16 +255,10 @@ def after_review(dialect: str) -> Any:
     SQLite still reads the window by created_at (joined, it took the stations' GROUP BY
     through the box_id index, every row ever kept: test_store_boxes)."""
     final = ReviewRow.__table__.alias("final")
-    boxless = func.json_array_length(final.c.boxes) == 0
-    flagged = exists().where(ReviewRow.inspection_id == InspectionRow.id,
-                             ReviewRow.action == "false_reject").correlate(InspectionRow)
-    missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
-                            ReviewRow.action == "missed_defect").correlate(InspectionRow)
-    judged = case((InspectionRow.verdict == "fail",
-                   case((and_(boxless, or_(final.c.action != "confirm", flagged)), "pass"),
-                        else_="fail")),
-                  else_=case((and_(missed, ~boxless), "fail"), else_="pass"))
-    # boxless is asked only of a list (json_array_length of other text fails): in the CASE
+    overturned, escaped = _review_rule(final)
+    judged = case((InspectionRow.verdict == "fail", case((overturned, "pass"), else_="fail")),
+                  else_=case((escaped, "fail"), else_="pass"))
+    # the rule asks boxless only of a list (json_array_length of other text fails): in the CASE
     current = (select(case((is_list(dialect, final.c.boxes), judged)))
                .where(final.c.inspection_id == InspectionRow.id)
                .order_by(final.c.created_at.desc(), final.c.origin.desc().nulls_last(),
@@ -415,13 +424,9 @@ def review_quality(s: Session, since: datetime | None, until: datetime | None,
     ).label("rank")
     ranked = select(ReviewRow.inspection_id, ReviewRow.id.label("rid"), rank).subquery()
     last = select(ranked.c.inspection_id, ranked.c.rid).where(ranked.c.rank == 1).subquery()
-    missed = exists().where(ReviewRow.inspection_id == InspectionRow.id,
-                            ReviewRow.action == "missed_defect")
     final = ReviewRow.__table__.alias("final")
-    flagged = exists().where(ReviewRow.inspection_id == InspectionRow.id,
-                             ReviewRow.action == "false_reject")
+    overturned, escaped = _review_rule(final)
     fail, passed = InspectionRow.verdict == "fail", InspectionRow.verdict == "pass"
-    boxless = func.json_array_length(final.c.boxes) == 0
     # an inspection whose current review's boxes are not a list (a hand-edited row, a
     # foreign writer: SQLite keeps any text) counts as nothing: json_array_length of text
     # that is not JSON failed in SQLite, of an object in PostgreSQL, and the dashboard
@@ -433,9 +438,9 @@ def review_quality(s: Session, since: datetime | None, until: datetime | None,
     # all-time figures (legacy) read every reviewed inspection
     n_fails, false_rejects, n_passes, escapes = s.execute(
         select(func.count().filter(fail),
-               func.count().filter(fail, boxless, or_(final.c.action != "confirm", flagged)),
+               func.count().filter(fail, overturned),
                func.count().filter(passed),
-               func.count().filter(passed, missed, ~boxless))
+               func.count().filter(passed, escaped))
         .select_from(InspectionRow)
         .join(last, last.c.inspection_id == InspectionRow.id)
         .join(final, final.c.id == last.c.rid)
