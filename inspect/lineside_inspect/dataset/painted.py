@@ -7,6 +7,8 @@ room and training read it without importing the pull (session 56)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from pydantic import ValidationError
 
@@ -53,9 +55,9 @@ def painted_area(dataset: Dataset, rec: ImageRecord,
     counted, on grey: evaluation scored the painted edges (a trace cut off looks like an
     `open`, an ignored square like a `short`) as false alarms (session 56). ``regions``:
     :func:`painted_regions` of the set, read once for many frames."""
-    said = dataset.info.get("outside_recipe_regions")
-    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
-        return None  # none painted, or a pull of before session 56 (no regions said)
+    said = _said(dataset)
+    if said is None:
+        return None
     key = said["judged_by"].get(rec.file_name)
     if key is None:
         return None
@@ -72,8 +74,8 @@ def painted_regions(dataset: Dataset) -> dict[str, Looks]:
     50,000 squares took a minute a frame, an integer past a float's range was a
     traceback; adversarial review, session 56). {} for a set none of whose frames a pull
     painted."""
-    said = dataset.info.get("outside_recipe_regions")
-    if not isinstance(said, dict) or not isinstance(said.get("judged_by"), dict):
+    said = _said(dataset)
+    if said is None:
         return {}
     out: dict[str, Looks] = {}
     for key in said["judged_by"].values():
@@ -105,5 +107,18 @@ def _said_looks(dataset: Dataset, regions: object, key: object) -> Looks:
         raise DatasetError(f"{where}: the regions of {echo(key)} are not a recipe's roi/"
                            f"ignore: {describe_validation(exc.errors())}; remove 'judged_by' "
                            "to evaluate the frames whole") from None
-    return (tuple(tuple(p) for p in judged_regions.roi),
-            tuple(tuple(p) for p in judged_regions.ignore))
+    return as_looks(judged_regions)
+
+
+def as_looks(regions: JudgedRegions) -> Looks:
+    """A version's roi and ignore as the painting reads them (tuples: hashable, the
+    painting cache's key)."""
+    return tuple(tuple(p) for p in regions.roi), tuple(tuple(p) for p in regions.ignore)
+
+
+def _said(dataset: Dataset) -> dict[str, Any] | None:
+    """The set's ``info.outside_recipe_regions`` when it names frames' regions
+    (``judged_by``); None for a set none of whose frames a pull painted, or one pulled
+    before session 56 (no regions said)."""
+    said = dataset.info.get("outside_recipe_regions")
+    return said if isinstance(said, dict) and isinstance(said.get("judged_by"), dict) else None

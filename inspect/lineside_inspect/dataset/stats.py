@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lineside_inspect.dataset.model import Dataset, ImageRecord
-from lineside_inspect.dataset.painted import painted_area
+from lineside_inspect.dataset.painted import painted_area, painted_regions
 from lineside_inspect.errors import ImageError, MissingExtraError, install_hint
 
 SIZE_BINS = (0, 16, 32, 64, 128, 256, 10**9)
@@ -199,8 +199,9 @@ def _painted(dataset: Dataset) -> dict[str, np.ndarray]:
     to the board's levels and the suggested ``min_contrast`` fell (session 56)."""
 
     out: dict[str, np.ndarray] = {}
+    regions = painted_regions(dataset)  # (read and checked once, not per frame)
     for rec in dataset.images:
-        if (area := painted_area(dataset, rec)) is not None:
+        if (area := painted_area(dataset, rec, regions)) is not None:
             out[rec.file_name] = area
             if rec.reference is not None:  # (a golden painted alike is named by its content)
                 out.setdefault(rec.reference, area)

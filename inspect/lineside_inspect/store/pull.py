@@ -407,7 +407,7 @@ class _Placing:
         if rec is None:
             self._drop(image, golden)
             return
-        out = self._paint_out(item, rec, image, data, golden, shift)
+        out = self._paint_out(item, rec, image, data, golden, ref, shift)
         if isinstance(out, str):
             self.skip(item["id"], out)
             self._drop(image, golden)
@@ -430,12 +430,15 @@ class _Placing:
         self.pictures.append(_Picture(_sha(stored), _sha(written), _last_word(item), rec))
 
     def _paint_out(self, item: dict[str, Any], rec: ImageRecord, image: Path,
-                   data: bytes | str, golden: Path | None, shift: tuple[float, float] | None,
+                   data: bytes | str, golden: Path | None, ref: bytes | str | None,
+                   shift: tuple[float, float] | None,
                    ) -> tuple[Path, Path | None, bytes] | str | None:
         """``rec``'s frame (staged at ``image``) and its golden painted out where its
         recipe never judged (pull_regions.py), as (frame, golden, the frame's bytes), the
         record renamed to the PNG; None when there is nothing to paint (no regions, or
-        the whole frame judged), or why it cannot be. Regions not known are noted."""
+        the whole frame judged), or why it cannot be. Regions not known are noted.
+        ``ref``: the golden's bytes when :meth:`place` read them already (its check or
+        the alignment), else None (read here)."""
         area = self.regions.of(item)
         if area is False:
             self.regions.note_unknown(item, rec.file_name)
@@ -451,9 +454,10 @@ class _Placing:
         target = self.tmp / "painted" / f"{item['id']}.png"
         try:
             got = painted(frame, mask, target)
-            ref: bytes | str | None = None
-            if golden is not None and not isinstance(got, str):
-                ref = _read(golden, "golden image")
+            if golden is None or isinstance(got, str):
+                ref = None
+            else:  # (read once: place's check or alignment may have read it)
+                ref = _read(golden, "golden image") if ref is None else ref
                 if not isinstance(ref, str):
                     ref = painted(ref, mask, self.tmp / "painted" / f"{item['id']}.golden.png")
         except ImageError as exc:

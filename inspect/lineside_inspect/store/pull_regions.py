@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS
+from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS, as_looks
 from lineside_inspect.imageio import decode_image
 from lineside_inspect.names import is_name
 from lineside_inspect.opencv import cv2
@@ -82,9 +82,9 @@ class Regions:
         # when past MAX_PAINTED_POINTS (the answer itself is not kept: it may be MBs)
         self.read: dict[str, dict[str, Looks | bool | None]] = {}
         self.unknown: dict[tuple[str, str], list[str]] = {}  # (recipe, version) -> file names
-        self.masked: list[str] = []  # file names of frames painted out
-        # each painted frame's recipe "name:version", and that version's (roi, ignore): the
-        # set says them (``info``), so evaluation drops what lands in the grey (dataset/painted.py)
+        # each frame painted out (file name, in the order painted) -> its recipe
+        # "name:version", and that version's (roi, ignore): the set says them (``info``),
+        # so evaluation drops what lands in the grey (dataset/painted.py)
         self.judged_by: dict[str, str] = {}
         self.looks: dict[str, Looks] = {}
 
@@ -98,7 +98,6 @@ class Regions:
 
     def note_painted(self, item: dict[str, Any], file_name: str, looks: Looks) -> None:
         key = f"{item['recipe']['name']}:{item['recipe']['version']}"
-        self.masked.append(file_name)
         self.judged_by[file_name] = key
         self.looks[key] = looks
 
@@ -110,7 +109,7 @@ class Regions:
         """The warning lines and the dataset ``info`` of what was painted out and what
         could not be, of the frames ``kept`` in the set (file names)."""
         info: dict[str, object] = {}
-        masked = [f for f in self.masked if f in kept]
+        masked = [f for f in self.judged_by if f in kept]
         if masked:
             log.warning("pull: %d frame(s) painted out (grey %d) outside their recipe's roi "
                         "and inside its ignore: the line never judged those pixels, so a "
@@ -155,8 +154,7 @@ def _looks(name: str, got: RecipeRegions | None) -> dict[str, Looks | bool | Non
                         points, MAX_PAINTED_POINTS)
             out[version] = False
         elif regions.roi or regions.ignore:
-            out[version] = (tuple(tuple(p) for p in regions.roi),
-                            tuple(tuple(p) for p in regions.ignore))
+            out[version] = as_looks(regions)
         else:
             out[version] = None
     return out
