@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from lineside_inspect.dataset import dataset_stats, read_dataset, validate_dir
+from lineside_inspect.dataset import ImageRecord, dataset_stats, read_dataset, validate_dir
 from lineside_inspect.dataset.painted import painted_area
 from lineside_inspect.imageio import read_image
 from lineside_inspect.package import PAD_VALUE
@@ -82,6 +82,27 @@ def _pull(srv: Running, how: str, dst: Path) -> None:
         pull_from_store(srv.app.state.store, dst)
 
 
+def _pull_with_versions_file(srv: Running, how: str, dst: Path,
+                             edit: Callable[[dict[str, Any]], None]) -> None:
+    """A pull while the station's versions file of ``ref-roi`` reads as ``edit`` leaves it
+    (hand-edited, or of an earlier release); put back after: the station is the module's."""
+    path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"
+    kept = path.read_bytes()
+    doc = json.loads(kept)
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    try:
+        _pull(srv, how, dst)
+    finally:
+        path.write_bytes(kept)
+
+
+def _frames(dst: Path) -> dict[str, ImageRecord]:
+    """The pulled set's frames (the records with a golden), by inspection id."""
+    return {Path(r.file_name).stem: r for r in read_dataset(dst).images
+            if r.reference is not None}
+
+
 def test_a_reviewer_reads_a_recipes_regions_a_viewer_does_not(
         station: tuple[Running, dict[str, Any]]) -> None:
     srv, _ = station
@@ -109,8 +130,7 @@ def test_what_the_recipe_never_judged_is_painted_out_not_background(
     with caplog.at_level(logging.INFO, logger="lineside"):
         _pull(srv, how, tmp_path / "pulled")
     assert validate_dir(tmp_path / "pulled") == []
-    ds = read_dataset(tmp_path / "pulled")
-    by_id = {Path(r.file_name).stem: r for r in ds.images if r.reference is not None}
+    by_id = _frames(tmp_path / "pulled")
     sent = read_image(PAIR / "00041000_test.jpg")
     golden = read_image(PAIR / "00041000_temp.jpg")
     # version 2 judges now: its frame is painted below y = 200, its golden alike
@@ -152,19 +172,14 @@ def test_a_version_kept_by_an_earlier_release_is_pulled_whole_and_said(
     """A versions file of session 55 holds digests only: version 1's regions are not
     known (nothing guessed), its frame pulled whole and said, version 2's painted."""
     srv, got = station
-    path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"
-    kept = path.read_bytes()
-    doc = json.loads(kept)
-    assert set(doc["regions"]) == {"1", "2"}
-    del doc["regions"]
-    path.write_text(json.dumps(doc))
-    try:
-        with caplog.at_level(logging.WARNING, logger="lineside"):
-            _pull(srv, how, tmp_path / "pulled")
-    finally:
-        path.write_bytes(kept)
-    by_id = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images
-             if r.reference is not None}
+
+    def of_session_55(doc: dict[str, Any]) -> None:
+        assert set(doc["regions"]) == {"1", "2"}
+        del doc["regions"]
+
+    with caplog.at_level(logging.WARNING, logger="lineside"):
+        _pull_with_versions_file(srv, how, tmp_path / "pulled", of_session_55)
+    by_id = _frames(tmp_path / "pulled")
     old = by_id[got["1"]["id"]]
     sent = read_image(PAIR / "00041000_test.jpg")
     assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name), sent)
@@ -311,20 +326,16 @@ def test_a_version_of_too_many_points_is_pulled_whole_not_painted_for_ever(
     from lineside_inspect.dataset.painted import MAX_PAINTED_POINTS
 
     srv, got = station
-    path = srv.app.state.saved_recipes.folder / ".versions" / "ref-roi.json"
-    kept = path.read_bytes()
-    doc = json.loads(kept)
     n = MAX_PAINTED_POINTS + 1  # a circle in the left half: a polygon the rules accept
-    doc["regions"]["1"] = {"roi": [[[160 + 150 * np.cos(2 * np.pi * i / n),
-                                     320 + 150 * np.sin(2 * np.pi * i / n)] for i in range(n)]]}
-    path.write_text(json.dumps(doc))
-    try:
-        with caplog.at_level(logging.WARNING, logger="lineside"):
-            _pull(srv, how, tmp_path / "pulled")
-    finally:
-        path.write_bytes(kept)
-    by_id = {Path(r.file_name).stem: r for r in read_dataset(tmp_path / "pulled").images
-             if r.reference is not None}
+
+    def too_many_points(doc: dict[str, Any]) -> None:
+        doc["regions"]["1"] = {"roi": [[[160 + 150 * np.cos(2 * np.pi * i / n),
+                                         320 + 150 * np.sin(2 * np.pi * i / n)]
+                                        for i in range(n)]]}
+
+    with caplog.at_level(logging.WARNING, logger="lineside"):
+        _pull_with_versions_file(srv, how, tmp_path / "pulled", too_many_points)
+    by_id = _frames(tmp_path / "pulled")
     old = by_id[got["1"]["id"]]
     assert np.array_equal(read_image(tmp_path / "pulled" / "images" / old.file_name),
                           read_image(PAIR / "00041000_test.jpg"))
